@@ -1,0 +1,401 @@
+r"""Aggregate evaluation runs into a markdown table and plots.
+
+    python -m iqlearn_jax.report RUN_DIR [RUN_DIR ...] [--output_dir=DIR] [--metric=NAME]
+
+Each RUN_DIR is searched recursively for the ``metrics.json`` files that ``iqlearn_jax.evaluate`` writes (one per
+decoding setting). Runs are grouped by (task, objective, λ, decoding setting); seeds of a group are aggregated as
+mean ± standard error (sample standard deviation / √n; "n/a" with one seed). Outputs in ``--output_dir``:
+
+* ``report.md`` — the table (task metrics, Self-BLEU-3/4, per-prompt Self-BLEU, reward–metric Spearman ρ, mean
+  log-likelihood and length, number of seeds);
+* ``pareto_<task>_<metric>.png`` — task metric against Self-BLEU-4 (lower = more diverse), one point per
+  objective/λ/setting with standard-error bars, sampling temperatures of one objective/λ joined by a line, the
+  Pareto front (higher metric, lower Self-BLEU) dashed;
+* ``temperature_<task>_<metric>.png`` — task metric against sampling temperature, one curve per objective/λ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+# Preferred headline metric per task family (the first present is plotted unless --metric is given).
+PREFERRED_METRICS = (
+    "accuracy",
+    "gsm8k_accuracy",
+    "rougeLsum",
+    "rouge1",
+    "bleu",
+    "chrf",
+    "sequence_accuracy",
+)
+DIVERSITY_X = "self_bleu4"
+TABLE_EXTRAS = (
+    ("diversity", "self_bleu3"),
+    ("diversity", "self_bleu4"),
+    ("diversity", "per_prompt_self_bleu"),
+    ("scores", "mean_log_likelihood"),
+    ("scores", "mean_summed_reward"),
+    ("scores", "mean_length"),
+)
+
+
+def find_metrics_files(run_dirs: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+    """All metrics.json files under ``run_dirs`` (sorted); raises ValueError naming a dir with none."""
+    found = []
+    for d in run_dirs:
+        d = pathlib.Path(d)
+        if not d.exists():
+            raise ValueError(f"run directory {str(d)!r} does not exist")
+        files = sorted(d.rglob("metrics.json")) if d.is_dir() else [d]
+        if not files:
+            raise ValueError(
+                f"no metrics.json under {str(d)!r}; expected the output dir of iqlearn_jax.evaluate"
+            )
+        found.extend(files)
+    return sorted(set(found))
+
+
+def load_record(path: pathlib.Path) -> dict:
+    """Reads one metrics.json and checks the fields the report needs."""
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    for key in ("run", "setting", "task_metrics"):
+        if key not in record:
+            raise ValueError(
+                f"{path}: missing key {key!r}; expected a metrics.json written by iqlearn_jax.evaluate"
+            )
+    record["_path"] = str(path)
+    return record
+
+
+def _group_key(record: dict) -> tuple:
+    run, setting = record["run"], record["setting"]
+    return (
+        str(run.get("task")),
+        str(run.get("objective")),
+        float(run.get("lam") or 0.0),
+        setting["name"],
+    )
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, standard error (NaN for n = 1) and n of the finite ``values``."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan"), 0
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return float(v.mean()), se, len(v)
+
+
+def _fmt(mean: float, se: float, n: int) -> str:
+    if n == 0:
+        return "–"
+    return f"{mean:.2f} ± {se:.2f}" if math.isfinite(se) else f"{mean:.2f} ± n/a"
+
+
+def _numeric_keys(dicts: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for d in dicts:
+        for k, v in d.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def aggregate(records: list[dict]) -> list[dict]:
+    """Groups records by (task, objective, λ, setting) and returns one row per group with mean/SE/n per value.
+
+    Each row: {"task", "objective", "lam", "setting" (the setting dict), "seeds": [...],
+    "values": {"task_metrics/<k>" | "diversity/<k>" | "scores/<k>" | "reward_correlation/<k>": (mean, se, n)}}.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[_group_key(r)].append(r)
+    rows = []
+    for key in sorted(
+        groups, key=lambda k: (k[0], k[1], k[2], _setting_order(groups[k][0]["setting"]))
+    ):
+        recs = groups[key]
+        values = {}
+        for section in ("task_metrics", "diversity", "scores", "reward_correlation"):
+            sub = [r.get(section, {}) for r in recs]
+            for k in _numeric_keys(sub):
+                values[f"{section}/{k}"] = mean_se([d.get(k) for d in sub])
+        rows.append(
+            {
+                "task": key[0],
+                "objective": key[1],
+                "lam": key[2],
+                "setting": recs[0]["setting"],
+                "seeds": sorted(r["run"].get("seed") for r in recs),
+                "values": values,
+            }
+        )
+    return rows
+
+
+def _setting_order(setting: dict) -> tuple:
+    return (
+        setting.get("method") != "sample",
+        bool(setting.get("calculator")),
+        setting.get("temperature") or 0.0,
+        setting.get("beam_size") or 0,
+        setting["name"],
+    )
+
+
+def headline_metric(rows: list[dict], task: str, requested: str | None = None) -> str | None:
+    """The task metric to plot for ``task``: ``requested`` if present, else the first of PREFERRED_METRICS."""
+    keys = [
+        k.split("/", 1)[1]
+        for r in rows
+        if r["task"] == task
+        for k in r["values"]
+        if k.startswith("task_")
+    ]
+    if requested:
+        if requested not in keys:
+            raise ValueError(
+                f"--metric={requested!r} not among the task metrics of {task!r}: {sorted(set(keys))}"
+            )
+        return requested
+    for m in PREFERRED_METRICS:
+        if m in keys:
+            return m
+    return keys[0] if keys else None
+
+
+def markdown_table(rows: list[dict], metric_by_task: dict[str, str | None]) -> str:
+    """One markdown table per task: rows = objective/λ/setting, columns = metrics as mean ± SE."""
+    lines = [
+        "# Evaluation report",
+        "",
+        "Values are mean ± standard error over seeds (n = number of seeds).",
+        "",
+    ]
+    for task in sorted({r["task"] for r in rows}):
+        trows = [r for r in rows if r["task"] == task]
+        task_keys = [k for k in _ordered_value_keys(trows) if k.startswith("task_metrics/")]
+        corr_key = f"reward_correlation/spearman_reward_vs_{metric_by_task.get(task)}"
+        cols = task_keys + [f"{s}/{k}" for s, k in TABLE_EXTRAS]
+        if any(corr_key in r["values"] for r in trows):
+            cols.append(corr_key)
+        cols = [c for c in cols if any(c in r["values"] for r in trows)]
+        lines += [f"## Task `{task}`", ""]
+        header = ["objective", "λ", "decoding", "n"] + [c.split("/", 1)[1] for c in cols]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for r in trows:
+            cells = [r["objective"], f"{r['lam']:g}", r["setting"]["name"], str(len(r["seeds"]))]
+            cells += [_fmt(*r["values"][c]) if c in r["values"] else "–" for c in cols]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "Self-BLEU: Texygen definition (nltk sentence BLEU of each generation against all others, method1 "
+        "smoothing, 13a tokens); lower = more diverse. per_prompt_self_bleu: sacrebleu among the k samples of "
+        "each prompt. spearman_reward_vs_*: rank correlation of each sample's summed implicit reward with its "
+        "per-sample task metric.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _ordered_value_keys(rows: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for r in rows:
+        for k in r["values"]:
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def _label(row: dict) -> str:
+    return f"{row['objective']} λ={row['lam']:g}"
+
+
+def _pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by another with lower-or-equal x (Self-BLEU) and higher-or-equal y (metric)."""
+    front = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def plot_pareto(rows: list[dict], task: str, metric: str, path: pathlib.Path) -> bool:
+    """Task metric vs Self-BLEU-4 scatter with SE bars; returns False when no row has both values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ykey, xkey = f"task_metrics/{metric}", f"diversity/{DIVERSITY_X}"
+    trows = [r for r in rows if r["task"] == task and ykey in r["values"] and xkey in r["values"]]
+    if not trows:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in trows:
+        by_label[_label(r)].append(r)
+    all_points = []
+    for i, (label, rs) in enumerate(sorted(by_label.items())):
+        color = f"C{i % 10}"
+        sampled = sorted((r for r in rs if r["setting"].get("method") == "sample"), key=_temp)
+        for r in rs:
+            x, xse, _ = r["values"][xkey]
+            y, yse, _ = r["values"][ykey]
+            all_points.append((x, y))
+            marker = "s" if r["setting"].get("method") == "beam" else "o"
+            ax.errorbar(
+                x,
+                y,
+                xerr=_bar(xse),
+                yerr=_bar(yse),
+                fmt=marker,
+                color=color,
+                capsize=3,
+                mfc="white" if r["setting"].get("calculator") else color,
+            )
+            ax.annotate(
+                r["setting"]["name"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points"
+            )
+        if len(sampled) > 1:
+            ax.plot(
+                [r["values"][xkey][0] for r in sampled],
+                [r["values"][ykey][0] for r in sampled],
+                "-",
+                color=color,
+            )
+        ax.plot([], [], "o-", color=color, label=label)
+    front = _pareto_front(all_points)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("Self-BLEU-4 (lower = more diverse)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task}: {metric} vs diversity (o sampling, s beam, hollow = calculator)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _temp(row: dict) -> float:
+    return float(row["setting"].get("temperature") or 0.0)
+
+
+def _bar(se: float) -> float | None:
+    return se if math.isfinite(se) else None
+
+
+def plot_temperature(rows: list[dict], task: str, metric: str, path: pathlib.Path) -> bool:
+    """Task metric against sampling temperature, one curve per objective/λ (no calculator, sampling only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ykey = f"task_metrics/{metric}"
+    trows = [
+        r
+        for r in rows
+        if r["task"] == task
+        and r["setting"].get("method") == "sample"
+        and not r["setting"].get("calculator")
+        and ykey in r["values"]
+    ]
+    if not trows:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in trows:
+        by_label[_label(r)].append(r)
+    for i, (label, rs) in enumerate(sorted(by_label.items())):
+        rs = sorted(rs, key=_temp)
+        xs = [_temp(r) for r in rs]
+        ys = [r["values"][ykey][0] for r in rs]
+        es = [r["values"][ykey][1] for r in rs]
+        es = [e if math.isfinite(e) else 0.0 for e in es]
+        ax.errorbar(xs, ys, yerr=es, fmt="o-", color=f"C{i % 10}", capsize=3, label=label)
+    ax.set_xlabel("sampling temperature (0 = greedy)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{task}: {metric} vs temperature")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def make_report(
+    run_dirs: Sequence[str | pathlib.Path],
+    output_dir: str | pathlib.Path,
+    metric: str | None = None,
+) -> dict:
+    """Writes report.md and the PNGs into ``output_dir``; returns {"report": path, "plots": [paths], "rows": n}."""
+    records = [load_record(p) for p in find_metrics_files(run_dirs)]
+    rows = aggregate(records)
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metric_by_task = {
+        t: headline_metric(rows, t, metric) for t in sorted({r["task"] for r in rows})
+    }
+    report_path = out / "report.md"
+    report_path.write_text(markdown_table(rows, metric_by_task))
+    plots = []
+    for task, m in metric_by_task.items():
+        if m is None:
+            continue
+        safe = f"{task}_{m}".replace("/", "_").replace(" ", "_")
+        for kind, fn in (("pareto", plot_pareto), ("temperature", plot_temperature)):
+            path = out / f"{kind}_{safe}.png"
+            if fn(rows, task, m, path):
+                plots.append(str(path))
+    return {"report": str(report_path), "plots": plots, "rows": len(rows), "records": len(records)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m iqlearn_jax.report", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="evaluate output dirs (searched recursively)"
+    )
+    parser.add_argument(
+        "--output_dir", default="report", help="where report.md and the PNGs go (default ./report)"
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help=f"task metric to plot (default: first of {PREFERRED_METRICS})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = make_report(args.run_dirs, args.output_dir, args.metric)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{result['records']} metrics.json files -> {result['rows']} table rows")
+    print(f"wrote {result['report']}")
+    for p in result["plots"]:
+        print(f"wrote {p}")
+    return 0
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

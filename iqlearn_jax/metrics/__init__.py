@@ -1,0 +1,19 @@
+"""Metrics: task metrics (TASKS helper) and diversity / correlation (EVAL helper).
+
+Every metric takes lists of strings and returns a dict of floats on a 0–100 scale (accuracy in %).
+Module owners append their re-export lines below.
+"""
+
+from iqlearn_jax.metrics.task_metrics import (  # noqa: F401
+    BLEU_SIGNATURE,
+    CHRF_SIGNATURE,
+    bleu,
+    bleu_per_sample,
+    gsm8k_accuracy,
+    gsm8k_correct_per_sample,
+    gsm8k_extract_answer,
+    gsm8k_postprocess,
+    rouge,
+    rouge_per_sample,
+    split_sentences,
+)

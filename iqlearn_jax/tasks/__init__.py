@@ -7,6 +7,11 @@ sources and file formats). Importing registers them with default options (data i
 subset. Each task module registers itself through :func:`iqlearn_jax.tasks.registry.task_builder`.
 """
 
+# One import line per task module; each module registers its tasks on import. Append new task modules below
+# (tasks/synthetic.py is added by its owner with one more line of the same form).
+import iqlearn_jax.tasks.gsm8k  # noqa: F401
+import iqlearn_jax.tasks.summarization  # noqa: F401
+import iqlearn_jax.tasks.translation  # noqa: F401
 from iqlearn_jax.tasks.registry import (  # noqa: F401
     TaskOptions,
     current_options,
@@ -16,8 +21,3 @@ from iqlearn_jax.tasks.registry import (  # noqa: F401
 )
 from iqlearn_jax.tasks.sources import DataError, Subset  # noqa: F401
 from iqlearn_jax.tasks.vocab import get_vocabulary  # noqa: F401
-
-# One import line per task module; each module registers its tasks on import. Append new task modules below.
-from iqlearn_jax.tasks import gsm8k  # noqa: E402, F401
-from iqlearn_jax.tasks import summarization  # noqa: E402, F401
-from iqlearn_jax.tasks import translation  # noqa: E402, F401

@@ -484,3 +484,73 @@ class Transformer(nn.Module):
             decode=decode,
             max_decode_length=max_decode_length,
         )
+
+
+def param_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
+    """Expected parameter shapes of `Transformer(config)`, keyed by '/'-joined path."""
+    dummy = jnp.ones((1, 1), jnp.int32)
+    variables = jax.eval_shape(
+        lambda: Transformer(config).init(
+            jax.random.PRNGKey(0), dummy, dummy, dummy, enable_dropout=False
+        )
+    )
+    flat = flatten_params(variables["params"])
+    return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def flatten_params(params) -> dict[str, object]:
+    """Nested params dict -> {'encoder/layers_0/attention/query/kernel': array, ...}."""
+    out: dict[str, object] = {}
+
+    def visit(node, prefix):
+        if hasattr(node, "items"):
+            for key, value in node.items():
+                visit(value, f"{prefix}/{key}" if prefix else str(key))
+        else:
+            out[prefix] = node
+
+    visit(params, "")
+    return out
+
+
+def unflatten_params(flat: dict[str, object]) -> dict:
+    """Inverse of `flatten_params`."""
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def validate_params(config: T5Config, params, source: str = "params") -> None:
+    """Checks that `params` has exactly the names and shapes `Transformer(config)` expects.
+
+    Raises:
+      ValueError naming every missing or unexpected parameter path and every
+      shape mismatch (path, expected shape, found shape), and `source`.
+    """
+    expected = param_shapes(config)
+    found = {k: tuple(getattr(v, "shape", ())) for k, v in flatten_params(params).items()}
+    problems = []
+    for name in sorted(expected.keys() - found.keys()):
+        problems.append(f"missing parameter {name} (expected shape {expected[name]})")
+    for name in sorted(found.keys() - expected.keys()):
+        problems.append(f"unexpected parameter {name} (shape {found[name]})")
+    for name in sorted(expected.keys() & found.keys()):
+        if expected[name] != found[name]:
+            problems.append(
+                f"parameter {name}: expected shape {expected[name]}, found {found[name]}"
+            )
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(
+            f"{source} does not match the T5 config (emb_dim={config.emb_dim}, "
+            f"num_heads={config.num_heads}, head_dim={config.head_dim}, mlp_dim={config.mlp_dim}, "
+            f"vocab_size={config.vocab_size}, layers={config.num_encoder_layers}+"
+            f"{config.num_decoder_layers}, mlp_activations={config.mlp_activations}, "
+            f"logits_via_embedding={config.logits_via_embedding}):\n  {shown}{more}"
+        )

@@ -1,0 +1,8 @@
+"""Checkpoints: Hugging Face / T5X import and export (NETWORKS) and the Orbax manager (TRAINER).
+
+Each module owner appends the re-export line(s) of their module here.
+"""
+
+from iqlearn_jax.checkpoints.hf_t5 import export_hf_t5 as export_hf_t5
+from iqlearn_jax.checkpoints.hf_t5 import import_hf_t5 as import_hf_t5
+from iqlearn_jax.networks.t5 import validate_params as validate_params

@@ -1,0 +1,604 @@
+"""T5X-style model classes: a network, an `Objective`, and the batch feature names they agree on.
+
+`EncoderDecoderModel` (networks/t5.py `Transformer`) and `DecoderOnlyModel` (networks/decoder.py `DecoderWrapper`)
+offer T5X's model interface, so the trainer, the evaluator and `t5x.train` can drive them:
+
+    get_initial_variables(rng, input_shapes, input_types=None) -> {'params', 'params_axes'}
+    loss_fn(params, batch, dropout_rng, step=None) -> (loss, metrics)   # logits computed once, then the Objective
+    eval_fn(params, batch) -> (loss, metrics)                           # no dropout
+    score_batch(params, batch, return_intermediates=False)              # Σ_t w_t log π(y_t | s_t) per sequence
+    predict_batch_with_aux(params, batch, rng=None, decoder_params=None, num_decodes=1, return_all_decodes=False)
+
+plus a step-wise decoding API (`start_decoding`, `advance_decoding`) for drivers that must inject tokens from
+Python, e.g. the GSM8k calculator. Nothing here is jitted: callers jit (the trainer jits `loss_fn` with shardings).
+
+Batch features are SeqIO's: encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+decoder_loss_weights, *_segment_ids, *_positions, decoder_causal_attention. PAD = 0, EOS = 1 unless the vocabulary
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import gin
+import jax
+import jax.numpy as jnp
+import seqio
+from flax import linen as nn
+from flax import struct
+
+from iqlearn_jax import decoding, losses
+from iqlearn_jax.networks.decoder import prefill_cache
+from iqlearn_jax.objectives import Objective
+
+Array = jax.Array
+PyTree = Any
+Batch = Mapping[str, Array]
+DecodeFn = Callable[..., tuple[Array, Array]]
+
+# Decoding functions as gin configurables: `DecoderOnlyModel.decode_fn = @decoding.temperature_sample` and
+# `decoding.temperature_sample.temperature = 0.7` etc.
+temperature_sample = gin.external_configurable(decoding.temperature_sample, module="decoding")
+beam_search = gin.external_configurable(decoding.beam_search, module="decoding")
+
+
+@struct.dataclass
+class DecodingState:
+    """Where a step-wise decode stands. All rows share one cache position.
+
+    Attributes:
+      cache: the network's "cache" collection for `rows` = batch * num_decodes rows.
+      logits: [rows, vocab] float32 logits of the next token.
+      position: int32 scalar, number of cache slots filled (the next token is written there).
+      extras: model-specific constants (encoded inputs for encoder-decoder models).
+      max_length: cache length (static); `advance_decoding` beyond it is refused.
+    """
+
+    cache: PyTree
+    logits: Array
+    position: Array
+    extras: dict[str, Array]
+    max_length: int = struct.field(pytree_node=False)
+
+
+def _weights(batch: Batch) -> Array:
+    if "decoder_loss_weights" in batch:
+        return batch["decoder_loss_weights"]
+    return (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
+
+
+def _check_features(batch: Batch, required: tuple[str, ...], model: str) -> None:
+    missing = [name for name in required if name not in batch]
+    if missing:
+        raise ValueError(f"{model} batch lacks feature(s) {missing}; got {sorted(batch)}")
+
+
+class BaseTransformerModel:
+    """Shared logic: objective application, scoring, decoding plumbing. Subclasses supply the network calls."""
+
+    FEATURE_CONVERTER_CLS: type[seqio.FeatureConverter]
+    _REQUIRED: tuple[str, ...] = ("decoder_input_tokens", "decoder_target_tokens")
+
+    def __init__(
+        self,
+        module: nn.Module,
+        objective: Objective | None = None,
+        input_vocabulary: seqio.Vocabulary | None = None,
+        output_vocabulary: seqio.Vocabulary | None = None,
+        decode_fn: DecodeFn | None = None,
+        feature_converter_cls: type[seqio.FeatureConverter] | None = None,
+    ):
+        self.module = module
+        self.objective = Objective() if objective is None else objective
+        if not isinstance(self.objective, Objective):
+            raise ValueError(
+                f"objective must be an iqlearn_jax.objectives.Objective, got {objective!r}"
+            )
+        self._input_vocabulary = input_vocabulary
+        self._output_vocabulary = output_vocabulary
+        self._decode_fn = decode_fn
+        if feature_converter_cls is not None:
+            self.FEATURE_CONVERTER_CLS = feature_converter_cls
+
+    @property
+    def input_vocabulary(self) -> seqio.Vocabulary | None:
+        return self._input_vocabulary
+
+    @property
+    def output_vocabulary(self) -> seqio.Vocabulary | None:
+        return self._output_vocabulary
+
+    @property
+    def decode_fn(self) -> DecodeFn:
+        return self._decode_fn
+
+    @property
+    def eos_id(self) -> int:
+        vocab = self._output_vocabulary
+        return int(vocab.eos_id) if vocab is not None else int(self.objective.eos_id)
+
+    # ---- to be provided by subclasses ----------------------------------------------------------------------
+
+    def _compute_logits(
+        self, params: PyTree, batch: Batch, dropout_rng: Array | None = None
+    ) -> Array:
+        raise NotImplementedError
+
+    # ---- training / evaluation ---------------------------------------------------------------------------
+
+    def loss_fn(
+        self,
+        params: PyTree,
+        batch: Batch,
+        dropout_rng: Array | None,
+        step: Array | int | None = None,
+    ) -> tuple[Array, dict[str, Array]]:
+        """Objective on one batch: (scalar loss, dict of float32 scalar metrics).
+
+        Logits are computed once (dropout on when `dropout_rng` is given); `step` drives the λ warm-up.
+        """
+        _check_features(batch, self._REQUIRED, type(self).__name__)
+        logits = self._compute_logits(params, batch, dropout_rng)
+        return self.objective(
+            logits,
+            batch["decoder_target_tokens"],
+            _weights(batch),
+            segment_ids=batch.get("decoder_segment_ids"),
+            step=step,
+        )
+
+    def eval_fn(self, params: PyTree, batch: Batch) -> tuple[Array, dict[str, Array]]:
+        """`loss_fn` without dropout, with λ after warm-up."""
+        return self.loss_fn(params, batch, dropout_rng=None, step=None)
+
+    def score_batch(
+        self, params: PyTree, batch: Batch, return_intermediates: bool = False
+    ) -> Array | tuple[Array, dict[str, Array]]:
+        """Sequence log-likelihood Σ_t w_t log π(y_t | s_t): float32 [batch].
+
+        With `return_intermediates`, also a dict of [batch, length] float32 arrays:
+          token_log_probs  log π(y_t | s_t) · w_t
+          values           V(s_t) = logsumexp(logits_t) (padded vocabulary rows masked if the objective says so)
+          rewards          implicit rewards r_t = Q(s_t, y_t) − γ V(s_{t+1}) (γ of the objective), 0 where undefined
+          td_mask          1 where r_t is defined (losses.implicit_rewards)
+          sequence_rewards [batch] Σ_t td_mask·r_t (with γ = 1 this is log π(y|x) + V(s_0) on complete sequences)
+          loss_weights, target_tokens (copied from the batch)
+        """
+        _check_features(batch, self._REQUIRED, type(self).__name__)
+        logits = self._compute_logits(params, batch, dropout_rng=None).astype(jnp.float32)
+        valid = self.objective.valid_vocab_size
+        if valid is not None and valid < logits.shape[-1]:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < valid, logits, decoding.NEG_INF)
+        targets = batch["decoder_target_tokens"]
+        weights = _weights(batch).astype(jnp.float32)
+        values = jax.nn.logsumexp(logits, axis=-1)
+        chosen = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        token_log_probs = (chosen - values) * weights
+        sequence_scores = token_log_probs.sum(-1)
+        if not return_intermediates:
+            return sequence_scores
+        rewards, td_mask = losses.implicit_rewards(
+            logits,
+            targets,
+            weights,
+            gamma=self.objective.gamma,
+            eos_id=self.objective.eos_id,
+            segment_ids=batch.get("decoder_segment_ids"),
+        )
+        return sequence_scores, {
+            "token_log_probs": token_log_probs,
+            "values": values,
+            "rewards": rewards,
+            "td_mask": td_mask,
+            "sequence_rewards": jnp.sum(rewards * td_mask, axis=-1),
+            "loss_weights": weights,
+            "target_tokens": targets,
+        }
+
+    # ---- decoding ------------------------------------------------------------------------------------------
+
+    def _run_decode_fn(
+        self,
+        inputs: Array,
+        cache: PyTree,
+        tokens_to_logits: decoding.TokensToLogits,
+        rng: Array | None,
+        decoder_params: Mapping[str, Any] | None,
+        num_decodes: int,
+        **kwargs,
+    ) -> tuple[Array, Array]:
+        decoder_params = dict(decoder_params or {})
+        if "decode_rng" in decoder_params and rng is not None:
+            raise ValueError(
+                "pass the decoding rng either as rng= or as decoder_params['decode_rng'], not both"
+            )
+        if rng is not None:
+            decoder_params["decode_rng"] = rng
+        return self.decode_fn(
+            inputs=inputs,
+            cache=cache,
+            tokens_to_logits=tokens_to_logits,
+            eos_id=self.eos_id,
+            num_decodes=num_decodes,
+            **kwargs,
+            **decoder_params,
+        )
+
+
+class EncoderDecoderModel(BaseTransformerModel):
+    """Encoder-decoder model (networks/t5.py `Transformer`, or any module with T5X's call/encode/decode API)."""
+
+    FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+    _REQUIRED = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+
+    def __init__(
+        self,
+        module: nn.Module,
+        objective: Objective | None = None,
+        input_vocabulary: seqio.Vocabulary | None = None,
+        output_vocabulary: seqio.Vocabulary | None = None,
+        decode_fn: DecodeFn = decoding.beam_search,
+        feature_converter_cls: type[seqio.FeatureConverter] | None = None,
+    ):
+        super().__init__(
+            module, objective, input_vocabulary, output_vocabulary, decode_fn, feature_converter_cls
+        )
+
+    def get_initial_variables(
+        self,
+        rng: Array,
+        input_shapes: Mapping[str, tuple[int, ...]],
+        input_types: Mapping[str, jnp.dtype] | None = None,
+    ) -> dict[str, PyTree]:
+        """Initial 'params' and 'params_axes' (logical axis names of every parameter)."""
+        types = dict(input_types or {})
+
+        def ones(name):
+            if name not in input_shapes:
+                return None
+            return jnp.ones(input_shapes[name], types.get(name, jnp.int32))
+
+        _check_features(
+            input_shapes, ("encoder_input_tokens", "decoder_input_tokens"), "input_shapes"
+        )
+        variables = self.module.init(
+            rng,
+            ones("encoder_input_tokens"),
+            ones("decoder_input_tokens"),
+            ones("decoder_input_tokens"),
+            encoder_segment_ids=ones("encoder_segment_ids"),
+            decoder_segment_ids=ones("decoder_segment_ids"),
+            encoder_positions=ones("encoder_positions"),
+            decoder_positions=ones("decoder_positions"),
+            decode=False,
+            enable_dropout=False,
+        )
+        return flax.core.unfreeze(variables)
+
+    def _compute_logits(
+        self, params: PyTree, batch: Batch, dropout_rng: Array | None = None
+    ) -> Array:
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        return self.module.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+            encoder_segment_ids=batch.get("encoder_segment_ids"),
+            decoder_segment_ids=batch.get("decoder_segment_ids"),
+            encoder_positions=batch.get("encoder_positions"),
+            decoder_positions=batch.get("decoder_positions"),
+            decode=False,
+            enable_dropout=rngs is not None,
+            rngs=rngs,
+        )
+
+    def _tokens_to_logits(
+        self,
+        token_ids: Array,
+        cache: PyTree,
+        *,
+        params: PyTree,
+        extras: dict[str, Array],
+        max_length: int,
+    ) -> tuple[Array, PyTree]:
+        """[rows, 1] ids -> ([rows, vocab] logits, new cache)."""
+        logits, new_vars = self.module.apply(
+            {"params": params, "cache": cache},
+            extras["encoded"],
+            extras["raw_inputs"],
+            token_ids,
+            token_ids,
+            enable_dropout=False,
+            decode=True,
+            max_decode_length=max_length,
+            mutable=["cache"],
+            method=self.module.decode,
+        )
+        return logits[:, 0], new_vars["cache"]
+
+    def _setup_decoding(
+        self, params: PyTree, batch: Batch, num_decodes: int
+    ) -> tuple[PyTree, dict[str, Array], int]:
+        _check_features(
+            batch, ("encoder_input_tokens", "decoder_input_tokens"), "EncoderDecoderModel"
+        )
+        inputs = batch["encoder_input_tokens"]
+        target_shape = batch["decoder_input_tokens"].shape
+        _, initial = self.module.apply(
+            {"params": params},
+            jnp.ones(inputs.shape, inputs.dtype),
+            jnp.ones(target_shape, jnp.int32),
+            jnp.ones(target_shape, jnp.int32),
+            decode=True,
+            enable_dropout=False,
+            mutable=["cache"],
+        )
+        encoded = self.module.apply(
+            {"params": params}, inputs, enable_dropout=False, method=self.module.encode
+        )
+        extras = {
+            "encoded": decoding.flat_batch_beam_expand(encoded, num_decodes),
+            "raw_inputs": decoding.flat_batch_beam_expand(inputs, num_decodes),
+        }
+        return initial["cache"], extras, target_shape[1]
+
+    def predict_batch_with_aux(
+        self,
+        params: PyTree,
+        batch: Batch,
+        rng: Array | None = None,
+        decoder_params: Mapping[str, Any] | None = None,
+        num_decodes: int = 1,
+        return_all_decodes: bool = False,
+    ) -> tuple[Array, dict[str, Array]]:
+        """Decode targets for `encoder_input_tokens`; length = decoder_input_tokens' length.
+
+        Returns (tokens, {'scores': ...}): [batch, length] and [batch] for the best decode, or
+        [batch, num_decodes, length] and [batch, num_decodes] (increasing score) with `return_all_decodes`.
+        """
+        cache, extras, max_length = self._setup_decoding(params, batch, num_decodes)
+        tokens_to_logits = functools.partial(
+            self._tokens_to_logits, params=params, extras=extras, max_length=max_length
+        )
+        decodes, scores = self._run_decode_fn(
+            jnp.zeros_like(batch["decoder_input_tokens"], jnp.int32),
+            cache,
+            tokens_to_logits,
+            rng,
+            decoder_params,
+            num_decodes,
+        )
+        if return_all_decodes:
+            return decodes, {"scores": scores}
+        return decodes[:, -1], {"scores": scores[:, -1]}
+
+    def start_decoding(self, params: PyTree, batch: Batch, num_decodes: int = 1) -> DecodingState:
+        """Encode the inputs, feed BOS; `state.logits` [batch * num_decodes, vocab] is the first target's."""
+        cache, extras, max_length = self._setup_decoding(params, batch, num_decodes)
+        cache = decoding.expand_cache(cache, num_decodes)
+        rows = batch["encoder_input_tokens"].shape[0] * num_decodes
+        state = DecodingState(
+            cache=cache,
+            logits=jnp.zeros((rows, 1), jnp.float32),
+            position=jnp.int32(0),
+            extras=extras,
+            max_length=max_length,
+        )
+        return self.advance_decoding(params, state, jnp.zeros((rows,), jnp.int32))
+
+    def advance_decoding(
+        self, params: PyTree, state: DecodingState, tokens: Array
+    ) -> DecodingState:
+        """Feed `tokens` ([rows] or [rows, n]) through the cache; see `_advance`."""
+        return _advance(self._tokens_to_logits, params, state, tokens)
+
+
+class DecoderOnlyModel(BaseTransformerModel):
+    """Decoder-only LM (networks/decoder.py `DecoderWrapper`), causal or prefix-LM.
+
+    With `inputs_bidirectional_attention=True` (prefix-LM) the batch must carry `decoder_causal_attention`
+    (seqio.PrefixLMFeatureConverter) and the "inputs" part attends bidirectionally, in training and decoding.
+    Loss weights come from `decoder_loss_weights`, so the prompt part is not trained on.
+    """
+
+    FEATURE_CONVERTER_CLS = seqio.DecoderFeatureConverter
+
+    def __init__(
+        self,
+        module: nn.Module,
+        objective: Objective | None = None,
+        input_vocabulary: seqio.Vocabulary | None = None,
+        output_vocabulary: seqio.Vocabulary | None = None,
+        decode_fn: DecodeFn = decoding.temperature_sample,
+        inputs_bidirectional_attention: bool = False,
+        feature_converter_cls: type[seqio.FeatureConverter] | None = None,
+    ):
+        if output_vocabulary is None:
+            output_vocabulary = input_vocabulary
+        super().__init__(
+            module, objective, input_vocabulary, output_vocabulary, decode_fn, feature_converter_cls
+        )
+        self._inputs_bidirectional_attention = bool(inputs_bidirectional_attention)
+
+    def _causal_attention(self, batch: Batch) -> Array | None:
+        if not self._inputs_bidirectional_attention:
+            return None
+        if "decoder_causal_attention" not in batch:
+            raise ValueError(
+                "inputs_bidirectional_attention=True needs the 'decoder_causal_attention' feature "
+                f"(seqio.PrefixLMFeatureConverter); batch has {sorted(batch)}"
+            )
+        return batch["decoder_causal_attention"]
+
+    def get_initial_variables(
+        self,
+        rng: Array,
+        input_shapes: Mapping[str, tuple[int, ...]],
+        input_types: Mapping[str, jnp.dtype] | None = None,
+    ) -> dict[str, PyTree]:
+        """Initial 'params' and 'params_axes' (logical axis names of every parameter)."""
+        _check_features(input_shapes, ("decoder_input_tokens",), "input_shapes")
+        shape = input_shapes["decoder_input_tokens"]
+        dtype = dict(input_types or {}).get("decoder_input_tokens", jnp.int32)
+        variables = self.module.init(
+            rng, jnp.ones(shape, dtype), jnp.ones(shape, dtype), enable_dropout=False
+        )
+        return flax.core.unfreeze(variables)
+
+    def _compute_logits(
+        self, params: PyTree, batch: Batch, dropout_rng: Array | None = None
+    ) -> Array:
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        return self.module.apply(
+            {"params": params},
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+            decoder_segment_ids=batch.get("decoder_segment_ids"),
+            decoder_positions=batch.get("decoder_positions"),
+            decoder_causal_attention=self._causal_attention(batch),
+            decode=False,
+            enable_dropout=rngs is not None,
+            rngs=rngs,
+        )
+
+    def _tokens_to_logits(
+        self,
+        token_ids: Array,
+        cache: PyTree,
+        *,
+        params: PyTree,
+        extras: dict[str, Array],
+        max_length: int,
+    ) -> tuple[Array, PyTree]:
+        del extras
+        logits, new_vars = self.module.apply(
+            {"params": params, "cache": cache},
+            token_ids,
+            None,
+            enable_dropout=False,
+            decode=True,
+            max_decode_length=max_length,
+            mutable=["cache"],
+        )
+        return logits[:, 0], new_vars["cache"]
+
+    def _prompt_lengths(self, batch: Batch) -> Array:
+        tokens = batch["decoder_input_tokens"]
+        if "decoder_causal_attention" not in batch:
+            if self._inputs_bidirectional_attention:
+                self._causal_attention(batch)  # raises
+            return jnp.zeros((tokens.shape[0],), jnp.int32)
+        return jnp.maximum(jnp.sum(batch["decoder_causal_attention"], axis=1) - 1, 0).astype(
+            jnp.int32
+        )
+
+    def _prefill(self, params: PyTree, batch: Batch) -> tuple[PyTree, Array, Array]:
+        _check_features(batch, ("decoder_input_tokens",), "DecoderOnlyModel")
+        return prefill_cache(
+            self.module,
+            params,
+            batch["decoder_input_tokens"],
+            self._prompt_lengths(batch),
+            batch.get("decoder_causal_attention") if self._inputs_bidirectional_attention else None,
+        )
+
+    def predict_batch_with_aux(
+        self,
+        params: PyTree,
+        batch: Batch,
+        rng: Array | None = None,
+        decoder_params: Mapping[str, Any] | None = None,
+        num_decodes: int = 1,
+        return_all_decodes: bool = False,
+    ) -> tuple[Array, dict[str, Array]]:
+        """Continue each prompt (the `decoder_causal_attention` region, as T5X) and return only the continuation.
+
+        Prompts are right-aligned in the cache (networks.decoder.prefill_cache), so every row can generate
+        `length - max(prompt_lengths) ` tokens at most, where length = decoder_input_tokens' length. Without
+        `decoder_causal_attention` decoding starts from BOS. Returns (tokens, {'scores': ...}) shaped as
+        `EncoderDecoderModel.predict_batch_with_aux`; tokens are the continuation left-aligned, 0-padded.
+        """
+        cache, aligned, start = self._prefill(params, batch)
+        batch_size, length = aligned.shape
+        tokens_to_logits = functools.partial(
+            self._tokens_to_logits, params=params, extras={}, max_length=length
+        )
+        decodes, scores = self._run_decode_fn(
+            aligned,
+            cache,
+            tokens_to_logits,
+            rng,
+            decoder_params,
+            num_decodes,
+            initial_index=jnp.full((batch_size,), start, jnp.int32),
+        )
+        decodes = decoding.remove_prefix(decodes, jnp.full((batch_size,), start, jnp.int32))
+        if return_all_decodes:
+            return decodes, {"scores": scores}
+        return decodes[:, -1], {"scores": scores[:, -1]}
+
+    def start_decoding(self, params: PyTree, batch: Batch, num_decodes: int = 1) -> DecodingState:
+        """Prefill the prompts and feed each prompt's last token; `state.logits` is the first new token's."""
+        cache, aligned, start = self._prefill(params, batch)
+        rows = aligned.shape[0] * num_decodes
+        state = DecodingState(
+            cache=decoding.expand_cache(cache, num_decodes),
+            logits=jnp.zeros((rows, 1), jnp.float32),
+            position=start,
+            extras={},
+            max_length=aligned.shape[1],
+        )
+        last = jnp.take(aligned, start, axis=1)
+        return self.advance_decoding(
+            params, state, decoding.flat_batch_beam_expand(last, num_decodes)
+        )
+
+    def advance_decoding(
+        self, params: PyTree, state: DecodingState, tokens: Array
+    ) -> DecodingState:
+        """Feed `tokens` ([rows] or [rows, n]) through the cache; see `_advance`."""
+        return _advance(self._tokens_to_logits, params, state, tokens)
+
+
+def _advance(
+    tokens_to_logits: Callable[..., tuple[Array, PyTree]],
+    params: PyTree,
+    state: DecodingState,
+    tokens: Array,
+) -> DecodingState:
+    """Feed `tokens` [rows] or [rows, n] (one position per column, all rows together) through the cache.
+
+    Returns the state whose `logits` are those following the last fed token and whose `position` grew by n.
+    Sampled and forced tokens (e.g. the calculator's `result>>`) go through the same call. Feeding past the cache
+    length is refused when the position is known (outside jit); inside jit, keep position + n <= max_length.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim == 1:
+        tokens = tokens[:, None]
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [rows] or [rows, n], got shape {tokens.shape}")
+    n = tokens.shape[1]
+    try:
+        position = int(state.position)
+    except jax.errors.ConcretizationTypeError:  # traced: the caller keeps within the cache
+        position = None
+    if position is not None:
+        if position + n > state.max_length:
+            raise ValueError(
+                f"cannot feed {n} token(s) at position {position}: the cache holds {state.max_length} positions"
+            )
+    step = functools.partial(
+        tokens_to_logits, params=params, extras=state.extras, max_length=state.max_length
+    )
+
+    def body(cache, column):
+        logits, cache = step(column[:, None], cache)
+        return cache, logits.astype(jnp.float32)
+
+    cache, logits = jax.lax.scan(body, state.cache, tokens.T)
+    return state.replace(cache=cache, logits=logits[-1], position=state.position + n)

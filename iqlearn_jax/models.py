@@ -42,8 +42,10 @@ DecodeFn = Callable[..., tuple[Array, Array]]
 
 # Decoding functions as gin configurables: `DecoderOnlyModel.decode_fn = @decoding.temperature_sample` and
 # `decoding.temperature_sample.temperature = 0.7` etc.
-temperature_sample = gin.external_configurable(decoding.temperature_sample, module="decoding")
-beam_search = gin.external_configurable(decoding.beam_search, module="decoding")
+temperature_sample = gin.external_configurable(
+    decoding.temperature_sample, module="iqlearn_jax.decoding"
+)
+beam_search = gin.external_configurable(decoding.beam_search, module="iqlearn_jax.decoding")
 
 
 @struct.dataclass
@@ -229,6 +231,7 @@ class BaseTransformerModel:
         )
 
 
+@gin.configurable
 class EncoderDecoderModel(BaseTransformerModel):
     """Encoder-decoder model (networks/t5.py `Transformer`, or any module with T5X's call/encode/decode API)."""
 
@@ -398,6 +401,7 @@ class EncoderDecoderModel(BaseTransformerModel):
         return _advance(self._tokens_to_logits, params, state, tokens)
 
 
+@gin.configurable
 class DecoderOnlyModel(BaseTransformerModel):
     """Decoder-only LM (networks/decoder.py `DecoderWrapper`), causal or prefix-LM.
 

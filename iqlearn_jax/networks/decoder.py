@@ -296,6 +296,10 @@ class DecoderWrapper(nn.Module):
         )
 
 
+# Gin name `decoder.DecoderWrapper` (flax modules cannot take the decorator form).
+gin.external_configurable(DecoderWrapper, module="iqlearn_jax.networks.decoder")
+
+
 def _is_kv_projection(module: nn.Module, method_name: str) -> bool:
     return method_name == "__call__" and module.name in ("key", "value")
 

@@ -14,6 +14,7 @@ import iqlearn_jax.tasks.summarization  # noqa: F401
 import iqlearn_jax.tasks.translation  # noqa: F401
 from iqlearn_jax.tasks.registry import (  # noqa: F401
     TaskOptions,
+    apply_options,
     current_options,
     default_data_dir,
     register_tasks,

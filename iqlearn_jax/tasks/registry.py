@@ -121,13 +121,12 @@ def register_tasks(
       sources: per-task source kind, e.g. ``{"gsm8k": "tfds", "xsum": "tfds", "wmt22_en_de": "tfds"}``.
       tfds_data_dir: TFDS data directory for "tfds" sources (xsum must be prepared there with its manual dir).
     """
-    global _OPTIONS
     unknown = sorted(set(sources or {}) - set(_BUILDERS))
     if unknown:
         raise ValueError(
             f"sources names unknown task(s) {unknown}; known tasks: {sorted(_BUILDERS)}"
         )
-    _OPTIONS = TaskOptions(
+    options = TaskOptions(
         data_dir=data_dir or default_data_dir(),
         vocabulary=get_vocabulary(vocabulary, extra_ids=extra_ids),
         skip_bad_records=skip_bad_records,
@@ -137,10 +136,27 @@ def register_tasks(
         sources=dict(sources or {}),
         tfds_data_dir=tfds_data_dir,
     )
+    return apply_options(options)
+
+
+def apply_options(options: TaskOptions) -> list[str]:
+    """Re-runs every builder with ``options`` (e.g. to restore :func:`current_options` saved earlier).
+
+    If a builder rejects the options, every task is registered again with the previous options and the error is
+    re-raised, so the registry is never left half-updated.
+    """
+    global _OPTIONS
+    previous = current_options()
     names: list[str] = []
-    for builder in _BUILDERS.values():
-        names.extend(builder(_OPTIONS))
-    logging.info("registered tasks %s (data_dir=%s)", names, _OPTIONS.data_dir)
+    try:
+        for builder in _BUILDERS.values():
+            names.extend(builder(options))
+    except Exception:
+        for builder in _BUILDERS.values():
+            builder(previous)
+        raise
+    _OPTIONS = options
+    logging.info("registered tasks %s (data_dir=%s)", names, options.data_dir)
     return names
 
 

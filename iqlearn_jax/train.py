@@ -1,0 +1,624 @@
+r"""Training CLI and loop (T5X flag conventions).
+
+    python -m iqlearn_jax.train --gin_file=runs/quickstart.gin
+    python -m iqlearn_jax.train --gin_file=models/t5_1_1_base.gin --gin_file=runs/finetune.gin \
+        --gin_file=objectives/iqlearn.gin --gin_file=tasks/gsm8k.gin --gin.MODEL_DIR="'/tmp/gsm8k'" \
+        --gin.IQLEARN_LAMBDA=0.1 [--gin_search_paths=DIR,...]
+
+`--gin.KEY=VALUE` is T5X's shorthand for `--gin_bindings='KEY = VALUE'`. The repository's gin_configs/ is always on
+the search path. Bad configuration (unknown binding, missing required macro, unknown task, unwritable MODEL_DIR,
+initial checkpoint not matching the model) stops before anything in MODEL_DIR is touched, with exit status 2.
+A NaN/Inf loss stops with status 1 (never checkpointed); SIGTERM saves a checkpoint and exits 0.
+
+MODEL_DIR receives: checkpoints/<step>/ (Orbax), tensorboard/{train,validation}/ (clu summaries), metrics.jsonl
+(one JSON object per logged step and split), config.gin (the operative configuration).
+"""
+
+from __future__ import annotations
+
+if (
+    __name__ == "__main__"
+):  # `python -m iqlearn_jax.train`: run the importable module, so gin binds one copy.
+    import sys
+
+    from iqlearn_jax.train import console_main
+
+    sys.exit(console_main())
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+from absl import flags, logging
+
+from iqlearn_jax import optimizers, trainer
+from iqlearn_jax.checkpoints import manager as ckpt_lib
+from iqlearn_jax.partitioning import Partitioner, global_to_host, maybe_initialize_distributed
+
+_GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin files to parse, in order")
+_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "individual gin bindings")
+_GIN_SEARCH_PATHS = flags.DEFINE_list(
+    "gin_search_paths", [], "comma-separated directories searched for gin files and includes"
+)
+
+
+class ConfigError(ValueError):
+    """Bad user input (configuration, task, MODEL_DIR, initial checkpoint): exit status 2."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN/Inf loss or gradient norm: training stops, that state is never checkpointed."""
+
+
+def default_gin_search_paths() -> list[str]:
+    """The repository's gin_configs/ (beside the package), plus the package-installed copy if any."""
+    here = pathlib.Path(__file__).resolve().parent
+    return [str(p) for p in (here.parent / "gin_configs", here / "gin_configs") if p.is_dir()]
+
+
+# ---- gin ------------------------------------------------------------------------------------------------------
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """`--gin.KEY=VALUE` → `--gin_bindings=KEY = VALUE` (T5X's convention)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            key, value = arg[len("--gin.") :].split("=", 1)
+            out.append(f"--gin_bindings={key} = {value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def _macro_references(value: Any) -> Iterator[str]:
+    if isinstance(value, gin.config.ConfigurableReference):
+        if value.configurable.wrapped is gin.config.macro:
+            yield value.scoped_selector.rsplit("/", 1)[0]
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _macro_references(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _macro_references(v)
+
+
+def _check_macros() -> None:
+    """Every macro referenced is defined and not %gin.REQUIRED (gin itself only fails on first use)."""
+    missing, required = set(), set()
+    for _, bindings in gin.config._CONFIG.items():  # noqa: SLF001 - gin offers no public walk
+        for value in bindings.values():
+            for macro in _macro_references(value):
+                try:
+                    bound = gin.query_parameter(f"%{macro}")
+                except ValueError:
+                    missing.add(macro)
+                    continue
+                if bound is gin.REQUIRED or (
+                    isinstance(bound, gin.config.ConfigurableReference)
+                    and bound.configurable.name == "REQUIRED"
+                ):
+                    required.add(macro)
+    problems = [f"macro {m} is referenced but never defined" for m in sorted(missing)]
+    problems += [f"macro {m} is required" for m in sorted(required)]
+    if problems:
+        hint = ", ".join(f"--gin.{m}=..." for m in sorted(missing | required))
+        raise ConfigError("; ".join(problems) + f" (set it with {hint})")
+
+
+def parse_gin(
+    gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = ()
+) -> None:
+    """Parses gin files and bindings; unknown configurables/parameters and missing macros raise ConfigError."""
+    import logging as py_logging
+
+    # gin probes each include on the plain filesystem first and logs a misleading "Path not found" error.
+    py_logging.getLogger().addFilter(lambda r: not r.pathname.endswith("resource_reader.py"))
+    for path in [*search_paths, *default_gin_search_paths()]:
+        gin.add_config_file_search_path(path)
+    import iqlearn_jax.tasks  # noqa: F401 - registers tasks and their gin configurables
+    from iqlearn_jax import models, objectives  # noqa: F401 - gin configurables
+
+    if not gin_files and not gin_bindings:
+        raise ConfigError("no --gin_file given (try --gin_file=runs/quickstart.gin)")
+    try:
+        gin.parse_config_files_and_bindings(gin_files, gin_bindings, finalize_config=False)
+    except OSError as e:
+        raise ConfigError(
+            f"gin file not found: {e} (search path: {list(search_paths) + default_gin_search_paths()})"
+        ) from e
+    except (ValueError, KeyError, SyntaxError, ImportError) as e:
+        raise ConfigError(f"bad gin configuration: {e}") from e
+    _check_macros()
+
+
+def _required(name: str, value: Any) -> Any:
+    if value is gin.REQUIRED or value is None:
+        raise ConfigError(
+            f"train.{name} is required but not set (bind it in a gin file or --gin.train.{name}=...)"
+        )
+    return value
+
+
+# ---- data -----------------------------------------------------------------------------------------------------
+def _check_task(name: str) -> None:
+    import seqio
+
+    known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    if name not in known:
+        raise ConfigError(f"unknown task or mixture {name!r}; registered: {sorted(known)}")
+
+
+def get_dataset(
+    model: Any,
+    task_name: str,
+    split: str,
+    task_feature_lengths: Mapping[str, int],
+    local_batch_size: int,
+    shard_info: tuple[int, int],
+    seed: int,
+    shuffle: bool,
+    repeat: bool,
+    pack: bool = False,
+):
+    """Batched SeqIO dataset of model features for this host (tf.data)."""
+    import seqio
+
+    converter_cls = getattr(model, "FEATURE_CONVERTER_CLS", seqio.EncDecFeatureConverter)
+    ds = seqio.get_dataset(
+        task_name,
+        task_feature_lengths=dict(task_feature_lengths),
+        dataset_split=split,
+        shuffle=shuffle,
+        num_epochs=None if repeat else 1,
+        feature_converter=converter_cls(pack=pack),
+        shard_info=seqio.ShardInfo(index=shard_info[0], num_shards=shard_info[1]),
+        use_cached=False,
+        seed=seed,
+    )
+    return ds.batch(local_batch_size, drop_remainder=True)
+
+
+def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
+    n = 0
+    for key in ("encoder_input_tokens", "decoder_target_tokens"):
+        if key in batch:
+            n += int(np.sum(batch[key] > 0))
+    return n * jax.process_count()
+
+
+# ---- observability --------------------------------------------------------------------------------------------
+class MetricsLogger:
+    """metrics.jsonl + clu TensorBoard writers (process 0 only)."""
+
+    def __init__(self, model_dir: pathlib.Path) -> None:
+        from clu import metric_writers
+
+        self.enabled = jax.process_index() == 0
+        self.jsonl = model_dir / "metrics.jsonl"
+        self.tb_dir = model_dir / "tensorboard"
+        self.writers = {
+            split: metric_writers.create_default_writer(
+                str(self.tb_dir / split), just_logging=not self.enabled, asynchronous=False
+            )
+            for split in ("train", "validation")
+        }
+
+    def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self.writers[split].write_scalars(step, scalars)
+        self.writers[split].flush()
+        if self.enabled:
+            with open(self.jsonl, "a") as f:
+                f.write(
+                    json.dumps({"step": step, "split": split, "time": time.time(), **scalars})
+                    + "\n"
+                )
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
+    bad = {
+        k: metrics[k] for k in ("loss", "grad_norm") if k in metrics and not np.isfinite(metrics[k])
+    }
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}; "
+            "training stopped and this state was not checkpointed"
+        )
+
+
+def _check_model_dir(model_dir: str) -> pathlib.Path:
+    path = pathlib.Path(model_dir).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"MODEL_DIR {str(path)!r} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{uuid.uuid4().hex}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"MODEL_DIR {str(path)!r} is not writable: {e.strerror or e}") from e
+    return path
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns (and prints as the closing summary)."""
+
+    model_dir: str
+    start_step: int
+    final_step: int
+    preempted: bool
+    train_metrics: dict[str, float]
+    validation_metrics: dict[str, float]
+    checkpoint_dir: str | None
+    tensorboard_dir: str
+    wall_seconds: float
+
+    def summary(self) -> str:
+        def fmt(m: Mapping[str, float]) -> str:
+            if not m:
+                return "n/a"
+            acc = m.get("accuracy")
+            acc_text = f", token accuracy {100 * acc:.1f}%" if acc is not None else ""
+            return f"loss {m.get('loss', float('nan')):.4f}{acc_text}"
+
+        lines = [
+            "==== iqlearn_jax training summary ====",
+            f"steps: {self.start_step} -> {self.final_step}"
+            + (" (stopped by SIGTERM)" if self.preempted else "")
+            + f" in {self.wall_seconds:.0f}s",
+            f"final train:      {fmt(self.train_metrics)}",
+            f"final validation: {fmt(self.validation_metrics)}",
+            f"checkpoint:       {self.checkpoint_dir}",
+            f"TensorBoard:      tensorboard --logdir {self.tensorboard_dir}",
+            f"metrics:          {pathlib.Path(self.model_dir) / 'metrics.jsonl'}",
+        ]
+        return "\n".join(lines)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+@gin.configurable(denylist=["stop_after_steps"])
+def train(
+    *,
+    model: Any = gin.REQUIRED,
+    model_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    optimizer: Any = None,
+    learning_rate_fn: Any = None,
+    partitioner: Partitioner | None = None,
+    num_microbatches: int = 1,
+    seed: int = 0,
+    train_split: str = "train",
+    eval_split: str | None = "validation",
+    eval_period: int = 100,
+    eval_batches: int = 4,
+    log_period: int = 10,
+    checkpoint_period: int = 100,
+    keep_checkpoints: int = 3,
+    async_checkpointing: bool = True,
+    initial_checkpoint_path: str | None = None,
+    initial_checkpoint_format: str = "auto",
+    pack: bool = False,
+    print_summary: bool = True,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Trains `model` on a SeqIO task, resuming from MODEL_DIR's newest complete checkpoint when there is one.
+
+    Args:
+      model: a T5X-style model (models.EncoderDecoderModel / DecoderOnlyModel).
+      model_dir: output folder (checkpoints, TensorBoard, metrics.jsonl, config.gin).
+      mixture_or_task_name, task_feature_lengths: the SeqIO task and its {'inputs': n, 'targets': m} lengths.
+      batch_size: global batch size (examples per step, over all hosts); split evenly over hosts.
+      train_steps: total optimizer steps (a resumed run continues up to it).
+      optimizer: an optax GradientTransformation (default: Adafactor, lr 1e-4 with 2000 warm-up steps).
+      learning_rate_fn: the schedule, only to log the learning rate.
+      partitioner: mesh and rules (default: all devices data-parallel).
+      num_microbatches: gradient accumulation over this many microbatches per step.
+      eval_period / eval_batches: validation loss every `eval_period` steps (and at the end) over that many
+        batches of `eval_split` (None: no validation).
+      log_period: steps between progress lines / metric records.
+      checkpoint_period / keep_checkpoints: save every N steps and at the end; keep the newest K.
+      initial_checkpoint_path / initial_checkpoint_format: params to start from ('auto', 'orbax', 't5x', 'hf')
+        when MODEL_DIR has no checkpoint yet.
+      stop_after_steps: (tests) return after this many steps of this invocation, without the final save.
+    """
+    t_start = time.time()
+    model = _required("model", model)
+    task_feature_lengths = dict(_required("task_feature_lengths", task_feature_lengths))
+    batch_size = int(_required("batch_size", batch_size))
+    train_steps = int(_required("train_steps", train_steps))
+    mixture_or_task_name = _required("mixture_or_task_name", mixture_or_task_name)
+    if optimizer is None:
+        learning_rate_fn = learning_rate_fn or optimizers.warmup_constant(1e-4, 2000)
+        optimizer = optimizers.adafactor(learning_rate_fn)
+    for name, value in [
+        ("checkpoint_period", checkpoint_period),
+        ("log_period", log_period),
+        ("eval_period", eval_period),
+    ]:
+        if value < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {value}")
+    _check_task(mixture_or_task_name)
+    model_dir_path = _check_model_dir(_required("model_dir", model_dir))
+    partitioner = partitioner or Partitioner()
+    try:
+        local_batch = partitioner.local_batch_size(batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if batch_size % num_microbatches or (batch_size // num_microbatches) % partitioner.data_size:
+        raise ConfigError(
+            f"batch_size={batch_size} must split into num_microbatches={num_microbatches} microbatches "
+            f"divisible by the data-parallel size {partitioner.data_size}"
+        )
+
+    shapes = trainer.model_feature_shapes(model, task_feature_lengths, batch_size, pack=pack)
+    abstract_state, shardings = trainer.abstract_train_state(
+        model, optimizer, partitioner, shapes, seed
+    )
+    has_checkpoint = any(
+        c.name.isdigit() for c in (model_dir_path / ckpt_lib.CHECKPOINTS_SUBDIR).glob("*")
+    )
+    initial_params = None
+    if initial_checkpoint_path and not has_checkpoint:
+        try:
+            initial_params = ckpt_lib.load_initial_params(
+                initial_checkpoint_path,
+                abstract_state.params,
+                shardings.params,
+                initial_checkpoint_format,
+            )
+        except (ckpt_lib.CheckpointMismatchError, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from e
+
+    # ---- from here on MODEL_DIR is written ----
+    ckpt = ckpt_lib.TrainCheckpointManager(
+        model_dir_path, keep=keep_checkpoints, async_save=async_checkpointing
+    )
+    restored = ckpt.restore_latest(abstract_state)
+    if restored is not None:
+        state, meta = restored
+        batches_consumed = int(meta.get("batches_consumed", 0))
+        logging.info("resuming at step %d (%d batches consumed)", int(state.step), batches_consumed)
+    else:
+        state = trainer.init_train_state(model, optimizer, partitioner, shapes, seed, shardings)
+        if initial_params is not None:
+            state = state.replace(params=initial_params)
+            logging.info("initial params from %s", initial_checkpoint_path)
+        batches_consumed = 0
+    _write_config(model_dir_path, int(state.step))
+
+    train_ds = get_dataset(
+        model,
+        mixture_or_task_name,
+        train_split,
+        task_feature_lengths,
+        local_batch,
+        partitioner.shard_info(),
+        seed,
+        shuffle=True,
+        repeat=True,
+        pack=pack,
+    ).skip(batches_consumed)
+    train_iter = train_ds.prefetch(2).as_numpy_iterator()
+    eval_data = None
+    step_fn = trainer.build_train_step(
+        model, optimizer, partitioner, shardings, num_microbatches, learning_rate_fn
+    )
+    eval_fn = trainer.build_eval_step(model, partitioner, shardings.params)
+    logger = MetricsLogger(model_dir_path)
+
+    preempted = {"flag": False}
+    previous_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        logging.warning("SIGTERM received: will save a checkpoint after the current step and exit")
+        preempted["flag"] = True
+
+    if jax.process_count() == 1:
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def evaluate(step: int) -> dict[str, float]:
+        nonlocal eval_data
+        if eval_split is None:
+            return {}
+        if eval_data is None:
+            ds = get_dataset(
+                model,
+                mixture_or_task_name,
+                eval_split,
+                task_feature_lengths,
+                local_batch,
+                partitioner.shard_info(),
+                seed,
+                shuffle=False,
+                repeat=False,
+                pack=pack,
+            )
+            eval_data = list(ds.take(eval_batches).as_numpy_iterator())
+            if not eval_data:
+                logging.warning(
+                    "split %r has fewer than batch_size examples: no validation", eval_split
+                )
+        sums: dict[str, float] = {}
+        for local in eval_data:
+            m = global_to_host(eval_fn(state.params, partitioner.shard_batch(local)))
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        out = {k: v / len(eval_data) for k, v in sums.items()} if eval_data else {}
+        if out:
+            logger.write(step, "validation", out)
+            print(f"step {step:>6d} | validation loss {out['loss']:.4f}", flush=True)
+        return out
+
+    start_step = step = int(jax.device_get(state.step))
+    window: dict[str, list[float]] = {}
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    window_tokens, window_t0, window_steps = 0, time.time(), 0
+    stopped_early = False
+    try:
+        while step < train_steps:
+            local = next(train_iter)
+            batches_consumed += 1
+            window_tokens += _count_tokens(local)
+            state, metrics = step_fn(state, partitioner.shard_batch(local))
+            step += 1
+            window_steps += 1
+            host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            _check_finite(step, host_metrics)
+            for k, v in host_metrics.items():
+                window.setdefault(k, []).append(v)
+            sync = multihost_preemption(step) if jax.process_count() > 1 else preempted["flag"]
+            if step % log_period == 0 or step == train_steps or sync:
+                elapsed = max(time.time() - window_t0, 1e-9)
+                last_train = {k: float(np.mean(v)) for k, v in window.items()}
+                rate = window_steps / elapsed
+                logger.write(
+                    step,
+                    "train",
+                    {
+                        **last_train,
+                        "steps_per_second": rate,
+                        "tokens_per_second": window_tokens / elapsed,
+                    },
+                )
+                if jax.process_index() == 0:
+                    print(
+                        f"step {step:>6d}/{train_steps} | loss {last_train['loss']:.4f} | {rate:6.2f} steps/s | "
+                        f"{window_tokens / elapsed:9.0f} tokens/s | ETA {_format_eta((train_steps - step) / rate)}",
+                        flush=True,
+                    )
+                window, window_tokens, window_t0, window_steps = {}, 0, time.time(), 0
+            if step % eval_period == 0 and step != train_steps:
+                last_eval = evaluate(step)
+            if step % checkpoint_period == 0 or sync:
+                ckpt.save(state, _meta(batches_consumed, mixture_or_task_name, batch_size, seed))
+            if sync:
+                logging.warning("stopping at step %d after SIGTERM (checkpoint saved)", step)
+                break
+            if stop_after_steps is not None and step - start_step >= stop_after_steps:
+                stopped_early = True
+                break
+        if not preempted["flag"] and not stopped_early:
+            last_eval = evaluate(step)
+            ckpt.save(state, _meta(batches_consumed, mixture_or_task_name, batch_size, seed))
+        ckpt.wait()
+        latest = ckpt.latest_step()
+    finally:
+        ckpt.close()
+        logger.close()
+        if jax.process_count() == 1:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+    result = TrainResult(
+        model_dir=str(model_dir_path),
+        start_step=start_step,
+        final_step=step,
+        preempted=preempted["flag"],
+        train_metrics=last_train,
+        validation_metrics=last_eval,
+        checkpoint_dir=str(ckpt.directory / str(latest)) if latest is not None else None,
+        tensorboard_dir=str(logger.tb_dir),
+        wall_seconds=time.time() - t_start,
+    )
+    result.params = state.params  # type: ignore[attr-defined]  # for callers in the same process (tests)
+    if print_summary and jax.process_index() == 0:
+        print(result.summary(), flush=True)
+    return result
+
+
+def multihost_preemption(step: int) -> bool:
+    from jax.experimental import multihost_utils
+
+    try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+    except Exception:  # noqa: BLE001 - no preemption service (not on a managed pod)
+        return False
+
+
+def _meta(batches_consumed: int, task: str, batch_size: int, seed: int) -> dict[str, Any]:
+    return {
+        "batches_consumed": batches_consumed,
+        "task": task,
+        "batch_size": batch_size,
+        "seed": seed,
+        "process_count": jax.process_count(),
+    }
+
+
+def _write_config(model_dir: pathlib.Path, step: int) -> None:
+    if jax.process_index() != 0:
+        return
+    text = gin.config_str()
+    target = model_dir / "config.gin"
+    if target.exists() and target.read_text() != text:
+        target = model_dir / f"config_from_step_{step}.gin"
+    target.write_text(text)
+
+
+# ---- entry points ---------------------------------------------------------------------------------------------
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        print(f"iqlearn-train: error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
+        return 2
+    maybe_initialize_distributed()
+    try:
+        parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
+        from iqlearn_jax.tasks import register_tasks
+
+        register_tasks()
+        train()
+    except ConfigError as e:
+        print(f"iqlearn-train: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"iqlearn-train: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as e:
+        # Raised while gin builds configured objects (e.g. a bad Objective): name it and exit cleanly.
+        if "gin" in str(e) or "configurable" in str(e) or "In call to" in str(e):
+            print(f"iqlearn-train: error: bad configuration: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+def console_main() -> int:
+    """Entry point of `iqlearn-train` and `python -m iqlearn_jax.train`."""
+    from absl import app
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = rewrite_gin_args(sys.argv)
+    exit_code = 0
+
+    def run(args: Sequence[str]) -> None:
+        nonlocal exit_code
+        exit_code = main(args)
+
+    try:
+        app.run(run, argv=argv)
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise
+    return exit_code

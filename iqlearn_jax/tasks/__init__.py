@@ -12,6 +12,7 @@ subset. Each task module registers itself through :func:`iqlearn_jax.tasks.regis
 import iqlearn_jax.tasks.gsm8k  # noqa: F401
 import iqlearn_jax.tasks.summarization  # noqa: F401
 import iqlearn_jax.tasks.translation  # noqa: F401
+from iqlearn_jax.tasks import synthetic  # noqa: F401
 from iqlearn_jax.tasks.registry import (  # noqa: F401
     TaskOptions,
     apply_options,

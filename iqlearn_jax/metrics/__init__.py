@@ -17,3 +17,16 @@ from iqlearn_jax.metrics.task_metrics import (  # noqa: F401
     rouge_per_sample,
     split_sentences,
 )
+from iqlearn_jax.metrics.correlation import (  # noqa: F401
+    average_ranks,
+    reward_metric_correlations,
+    spearman,
+)
+from iqlearn_jax.metrics.diversity import (  # noqa: F401
+    distinct_n,
+    diversity_metrics,
+    mean_token_entropy,
+    ngram_entropy,
+    per_prompt_self_bleu,
+    self_bleu,
+)

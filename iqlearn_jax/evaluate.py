@@ -1,0 +1,545 @@
+r"""Decode a checkpoint on a task split with several decoding settings; score, and write JSONL + JSON.
+
+    python -m iqlearn_jax.evaluate --gin_file=runs/evaluate_quickstart.gin --gin.CHECKPOINT_PATH="'/tmp/quickstart'"
+
+For every decoding setting (sampling temperatures with k samples per prompt — temperature 0 = greedy, 1 sample —,
+beam search sizes with a length penalty, each optionally with the GSM8k calculator) it writes
+``OUTPUT_DIR/<setting>/generations.jsonl`` (one line per prompt: input, reference, and per sample its text,
+log-likelihood Σ_t log π(y_t|s_t), summed implicit reward Σ_t r_t (γ of the model's objective; with γ = 1 and an
+EOS this is log π(y|x) + V(s_0)), length in tokens including EOS, whether it ended with EOS, decoder score) and
+``OUTPUT_DIR/<setting>/metrics.json`` (task metrics averaged over all samples, diversity, reward–metric Spearman ρ,
+mean scores, definitions), plus ``OUTPUT_DIR/summary.json``. ``python -m iqlearn_jax.report OUTPUT_DIR...``
+aggregates them.
+"""
+
+from __future__ import annotations
+
+if (
+    __name__ == "__main__"
+):  # `python -m iqlearn_jax.evaluate`: run the importable module, so gin binds one copy.
+    import sys
+
+    from iqlearn_jax.evaluate import console_main
+
+    sys.exit(console_main())
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from iqlearn_jax import decoding
+from iqlearn_jax.calculator_decoding import CalculatorDecoder
+from iqlearn_jax.metrics.generations import score_generations
+
+CALCULATOR_MODES = ("auto", "off", "on", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingSetting:
+    """One way of decoding: ``method`` "sample" (temperature, k samples) or "beam" (size, length penalty α)."""
+
+    method: str
+    temperature: float = 0.0
+    num_samples: int = 1
+    beam_size: int = 0
+    length_penalty: float = 0.6
+    topk: int = 0
+    topp: float = 0.0
+    calculator: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.method == "beam":
+            base = f"beam{self.beam_size}_lp{self.length_penalty:g}"
+        elif self.temperature == 0:
+            base = "greedy"
+        else:
+            base = f"temp{self.temperature:g}_k{self.num_samples}"
+            base += f"_topk{self.topk}" if self.topk else ""
+            base += f"_topp{self.topp:g}" if self.topp else ""
+        return base + ("_calc" if self.calculator else "")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+
+def decoding_settings(
+    temperatures: Sequence[float],
+    num_samples: int,
+    beam_sizes: Sequence[int],
+    length_penalty: float,
+    topk: int,
+    topp: float,
+    calculator: str,
+    task_name: str,
+) -> list[DecodingSetting]:
+    """The settings to run. Temperature 0 gets one sample; calculator "auto" = "both" on GSM8k-like tasks."""
+    if calculator not in CALCULATOR_MODES:
+        raise ValueError(f"calculator={calculator!r}: expected one of {CALCULATOR_MODES}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples}: expected >= 1")
+    for t in temperatures:
+        if not (isinstance(t, int | float) and t >= 0 and math.isfinite(t)):
+            raise ValueError(f"temperature {t!r}: expected a finite number >= 0")
+    for b in beam_sizes:
+        if not (isinstance(b, int) and b >= 1):
+            raise ValueError(f"beam size {b!r}: expected an integer >= 1")
+    if not temperatures and not beam_sizes:
+        raise ValueError("no decoding setting: give at least one temperature or beam size")
+    if calculator == "auto":
+        gsm_like = "gsm8k" in task_name or "arithmetic" in task_name
+        calculator = "both" if gsm_like else "off"
+    calc_flags = {"off": [False], "on": [True], "both": [False, True]}[calculator]
+    settings = []
+    for t in temperatures:
+        for calc in calc_flags:
+            k = 1 if t == 0 else num_samples
+            settings.append(
+                DecodingSetting("sample", float(t), k, topk=topk, topp=topp, calculator=calc)
+            )
+    for b in beam_sizes:
+        settings.append(DecodingSetting("beam", beam_size=b, length_penalty=length_penalty))
+    return settings
+
+
+# ---- data -----------------------------------------------------------------------------------------------------
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def load_examples(
+    task_name: str, split: str, task_feature_lengths: Mapping[str, int], max_examples: int | None
+) -> tuple[seqio.Task, list[dict]]:
+    """The first ``max_examples`` examples of the split (unshuffled), tokenised and trimmed by SeqIO."""
+    try:
+        task = seqio.get_mixture_or_task(task_name)
+    except ValueError as e:
+        raise ValueError(f"unknown task {task_name!r}: {e}") from e
+    if split not in task.splits:
+        raise ValueError(f"task {task_name!r} has splits {list(task.splits)}, not {split!r}")
+    ds = task.get_dataset(
+        dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False
+    )
+    if max_examples is not None:
+        ds = ds.take(max_examples)
+    examples = list(ds.as_numpy_iterator())
+    if not examples:
+        raise ValueError(f"task {task_name!r} split {split!r} yielded no examples")
+    return task, examples
+
+
+def convert_to_model_features(
+    model: Any, pairs: Sequence[Mapping[str, np.ndarray]], task_feature_lengths: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """Runs the model's SeqIO feature converter (unpacked) on {"inputs", "targets"} token lists; stacks all rows."""
+    import tensorflow as tf
+
+    def gen():
+        for p in pairs:
+            yield {k: np.asarray(p[k], np.int32) for k in ("inputs", "targets")}
+
+    spec = tf.TensorSpec([None], tf.int32)
+    ds = tf.data.Dataset.from_generator(gen, output_signature={"inputs": spec, "targets": spec})
+    converter = model.FEATURE_CONVERTER_CLS(pack=False)
+    ds = converter(ds, dict(task_feature_lengths))
+    rows = list(ds.as_numpy_iterator())
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _batches(features: Mapping[str, np.ndarray], batch_size: int):
+    """Yields (batch padded to ``batch_size`` rows with zeros, number of real rows)."""
+    n = len(next(iter(features.values())))
+    for start in range(0, n, batch_size):
+        chunk = {k: v[start : start + batch_size] for k, v in features.items()}
+        real = len(next(iter(chunk.values())))
+        if real < batch_size:
+            chunk = {
+                k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)])
+                for k, v in chunk.items()
+            }
+        yield chunk, real
+
+
+def trim_after_eos(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, bool]:
+    """Tokens up to and including the first EOS (or up to the first 0 if there is none), and whether EOS came."""
+    tokens = np.asarray(tokens)
+    eos = np.flatnonzero(tokens == eos_id)
+    if len(eos):
+        return tokens[: eos[0] + 1], True
+    pad = np.flatnonzero(tokens == 0)
+    return (tokens[: pad[0]] if len(pad) else tokens), False
+
+
+class _Progress:
+    """A one-line progress bar on stderr: done/total, rate, ETA."""
+
+    def __init__(self, total: int, desc: str, unit: str = "prompts"):
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.start = time.perf_counter()
+        self._draw()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self._draw()
+
+    def _draw(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 and self.done else 0.0
+        eta = (self.total - self.done) / rate if rate else float("nan")
+        width = 24
+        filled = int(width * self.done / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        eta_s = f"{eta:5.0f}s" if math.isfinite(eta) else "    ?"
+        sys.stderr.write(
+            f"\r{self.desc:>22} [{bar}] {self.done}/{self.total} {self.unit} {rate:6.2f}/s ETA {eta_s}"
+        )
+        if self.done >= self.total:
+            sys.stderr.write(f"  ({elapsed:.1f}s)\n")
+        sys.stderr.flush()
+
+
+# ---- decoding and scoring -------------------------------------------------------------------------------------
+def _with_decode_fn(model: Any, decode_fn: Any) -> Any:
+    """A shallow copy of ``model`` decoding with ``decode_fn`` (the models keep T5X's ``decode_fn`` argument in
+    ``_decode_fn``), so one checkpoint can be decoded by sampling and by beam search."""
+    clone = copy.copy(model)
+    clone._decode_fn = decode_fn
+    return clone
+
+
+def make_decoder(model: Any, setting: DecodingSetting, vocabulary: seqio.Vocabulary):
+    """``run(params, batch, rng) -> (tokens [batch, samples, length], decoder scores or None, calc stats or None)``."""
+    if setting.calculator:
+        calc = CalculatorDecoder(
+            model, vocabulary, setting.temperature, setting.num_samples, setting.topk, setting.topp
+        )
+
+        def run_calc(params, batch, rng):
+            tokens, stats = calc(params, batch, rng)
+            return tokens, None, stats
+
+        return run_calc
+    if setting.method == "beam":
+        clone = _with_decode_fn(model, decoding.beam_search)
+        decoder_params = {"alpha": setting.length_penalty}
+        num_decodes = setting.beam_size
+    else:
+        clone = _with_decode_fn(model, decoding.temperature_sample)
+        decoder_params = {
+            "temperature": setting.temperature,
+            "topk": setting.topk,
+            "topp": setting.topp,
+        }
+        num_decodes = setting.num_samples
+
+    @jax.jit
+    def predict(params, batch, rng):
+        return clone.predict_batch_with_aux(
+            params,
+            batch,
+            rng=rng,
+            decoder_params=decoder_params,
+            num_decodes=num_decodes,
+            return_all_decodes=True,
+        )
+
+    def run(params, batch, rng):
+        tokens, aux = predict(params, batch, rng)
+        tokens, scores = np.asarray(tokens), np.asarray(aux["scores"])
+        if setting.method == "beam":  # the best beam (scores increase along the beam axis)
+            tokens, scores = tokens[:, -1:], scores[:, -1:]
+        return tokens, scores, None
+
+    return run
+
+
+def make_scorer(model: Any):
+    """Jitted ``score(params, batch) -> dict`` of per-row log_likelihood, summed_reward, length, mean_entropy.
+
+    The entropy is the model's predictive entropy H_t = V(s_t) − Σ_a π(a|s_t) ℓ_t[a] (nats) averaged over the
+    row's weighted (generated) positions, from the same logits ``score_batch`` uses.
+    """
+
+    @jax.jit
+    def score(params, batch):
+        log_likelihood, inter = model.score_batch(params, batch, return_intermediates=True)
+        weights = inter["loss_weights"]
+        logits = model._compute_logits(params, batch).astype(jnp.float32)
+        valid = model.objective.valid_vocab_size
+        if valid is not None and valid < logits.shape[-1]:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < valid, logits, decoding.NEG_INF)
+        probs = jax.nn.softmax(logits, axis=-1)
+        entropy = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(probs * logits, axis=-1)
+        length = weights.sum(-1)
+        return {
+            "log_likelihood": log_likelihood,
+            "summed_reward": inter["sequence_rewards"],
+            "length": length,
+            "mean_entropy": (entropy * weights).sum(-1) / jnp.maximum(length, 1.0),
+        }
+
+    return score
+
+
+# ---- checkpoint -----------------------------------------------------------------------------------------------
+def _checkpoint_step_dir(path: pathlib.Path) -> pathlib.Path | None:
+    """The step directory an Orbax MODEL_DIR / checkpoints dir / step dir resolves to (newest step), if any."""
+    if (path / "state").is_dir():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    if not root.is_dir():
+        return None
+    steps = [c for c in root.iterdir() if c.name.isdigit() and (c / "state").is_dir()]
+    return max(steps, key=lambda c: int(c.name)) if steps else None
+
+
+def load_params(
+    model: Any, checkpoint_path: str, task_feature_lengths: Mapping[str, int]
+) -> tuple[Any, dict]:
+    """Params from ``checkpoint_path`` (this project's MODEL_DIR or step dir, a T5X or a Hugging Face T5 dir),
+    checked against the model, on the first device. Returns (params, {"step", "meta"})."""
+    from iqlearn_jax.checkpoints import manager
+    from iqlearn_jax.trainer import model_feature_shapes
+
+    path = pathlib.Path(checkpoint_path)
+    if not path.exists():
+        raise ValueError(f"CHECKPOINT_PATH {checkpoint_path!r} does not exist")
+    shapes = model_feature_shapes(model, task_feature_lengths, 1)
+    input_shapes = {k: s for k, (s, _) in shapes.items()}
+    input_types = {k: jnp.dtype(d) for k, (_, d) in shapes.items()}
+    abstract = jax.eval_shape(
+        lambda: model.get_initial_variables(jax.random.PRNGKey(0), input_shapes, input_types)
+    )["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    params = manager.load_initial_params(path, abstract, jax.tree.map(lambda _: device, abstract))
+    info: dict[str, Any] = {"step": None, "meta": {}}
+    step_dir = _checkpoint_step_dir(path)
+    if step_dir is not None:
+        info["step"] = int(step_dir.name) if step_dir.name.isdigit() else None
+        meta_dir = step_dir / "meta"
+        for candidate in (meta_dir / "metadata", meta_dir):
+            if candidate.is_file():
+                try:
+                    info["meta"] = json.loads(candidate.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    pass
+    return params, info
+
+
+# ---- the evaluation -------------------------------------------------------------------------------------------
+@gin.configurable
+def evaluate(
+    checkpoint_path: str = gin.REQUIRED,
+    model: Any = gin.REQUIRED,
+    task: str = gin.REQUIRED,
+    split: str = "validation",
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    output_dir: str | None = None,
+    batch_size: int = 8,
+    max_examples: int | None = 64,
+    temperatures: Sequence[float] = (0.0, 0.5, 1.0),
+    num_samples: int = 4,
+    beam_sizes: Sequence[int] = (4,),
+    length_penalty: float = 0.6,
+    topk: int = 0,
+    topp: float = 0.0,
+    calculator: str = "auto",
+    seed: int = 0,
+    self_bleu_sample_size: int | None = 500,
+    run_seed: int | None = None,
+) -> dict:
+    """Decodes ``task``/``split`` with every decoding setting and writes the outputs (see module docstring).
+
+    Args:
+      checkpoint_path: MODEL_DIR of a training run (newest checkpoint), one step directory, a T5X checkpoint or a
+        Hugging Face T5 directory.
+      model: the model (gin: the same model/objective files as training; γ of the objective defines r_t).
+      task, split: SeqIO task name and split. task_feature_lengths: {"inputs": n, "targets": m}; decodes are at
+        most m tokens (decoder-only: what the cache has left after the prompt).
+      output_dir: default ``<checkpoint_path>/eval/<task>_<split>``.
+      batch_size: prompts per decoding batch (samples: batch_size × k rows). max_examples: None = whole split.
+      temperatures: sampling temperatures (0 = greedy, 1 sample); num_samples: k per prompt for T > 0.
+      beam_sizes, length_penalty: beam searches (best beam kept), T5X/GNMT penalty ((5+len)/6)^α.
+      topk, topp: sampling filters (0 = off).
+      calculator: "auto" (with and without on GSM8k-like tasks), "off", "on", "both"; sampling settings only.
+      seed: decoding RNG seed (and Self-BLEU subset seed).
+      self_bleu_sample_size: Texygen's fixed sample size (None = all samples).
+      run_seed: the training seed, recorded for report.py's aggregation (default: the checkpoint's meta "seed").
+
+    Returns:
+      {"output_dir": str, "settings": {name: metrics dict}}.
+    """
+    task_obj, examples = load_examples(task, split, task_feature_lengths, max_examples)
+    vocabulary = model.output_vocabulary or task_obj.output_features["targets"].vocabulary
+    params, ckpt = load_params(model, checkpoint_path, task_feature_lengths)
+    settings = decoding_settings(
+        temperatures, num_samples, beam_sizes, length_penalty, topk, topp, calculator, task
+    )
+    out_root = pathlib.Path(output_dir or os.path.join(checkpoint_path, "eval", f"{task}_{split}"))
+    out_root.mkdir(parents=True, exist_ok=True)
+    objective = model.objective
+    if run_seed is None:
+        run_seed = ckpt["meta"].get("seed")
+    run = {
+        "task": task,
+        "split": split,
+        "checkpoint": str(pathlib.Path(checkpoint_path).absolute()),
+        "step": ckpt["step"],
+        "objective": objective.name,
+        "lam": float(objective.lam),
+        "gamma": float(objective.gamma),
+        "seed": run_seed,
+        "model": type(model).__name__,
+        "num_examples": len(examples),
+        "task_feature_lengths": dict(task_feature_lengths),
+    }
+    prompt_features = convert_to_model_features(model, examples, task_feature_lengths)
+    scorer = make_scorer(model)
+    eos = int(model.eos_id)
+    summary: dict[str, Any] = {"run": run, "settings": {}}
+    for setting_index, setting in enumerate(settings):
+        decode = make_decoder(model, setting, vocabulary)
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), setting_index)
+        progress = _Progress(len(examples), setting.name)
+        samples_tokens: list[list[np.ndarray]] = []
+        decoder_scores: list[list[float | None]] = []
+        calc_calls = 0
+        for b, (batch, real) in enumerate(_batches(prompt_features, batch_size)):
+            tokens, scores, stats = decode(params, batch, jax.random.fold_in(rng, b))
+            for i in range(real):
+                samples_tokens.append([tokens[i, j] for j in range(tokens.shape[1])])
+                decoder_scores.append(
+                    [
+                        None if scores is None else float(scores[i, j])
+                        for j in range(tokens.shape[1])
+                    ]
+                )
+            calc_calls += stats.calls if stats is not None else 0
+            progress.update(real)
+        # Score every (prompt, sample) pair by teacher forcing.
+        pairs, trimmed = [], []
+        for ex, samples in zip(examples, samples_tokens, strict=True):
+            for s in samples:
+                toks, ended = trim_after_eos(s, eos)
+                trimmed.append((toks, ended))
+                pairs.append({"inputs": ex["inputs"], "targets": toks})
+        sample_features = convert_to_model_features(model, pairs, task_feature_lengths)
+        scored: dict[str, list[float]] = {}
+        for batch, real in _batches(sample_features, batch_size * max(setting.num_samples, 1)):
+            for k, v in scorer(params, batch).items():
+                scored.setdefault(k, []).extend(np.asarray(v)[:real].tolist())
+        records, flat = [], 0
+        for ex, samples, dscores in zip(examples, samples_tokens, decoder_scores, strict=True):
+            rec_samples = []
+            for j in range(len(samples)):
+                toks, ended = trimmed[flat]
+                rec_samples.append(
+                    {
+                        "text": vocabulary.decode([int(t) for t in toks if int(t) != eos]),
+                        "log_likelihood": scored["log_likelihood"][flat],
+                        "summed_reward": scored["summed_reward"][flat],
+                        "length": int(round(scored["length"][flat])),
+                        "ended_with_eos": bool(ended),
+                        "mean_entropy": scored["mean_entropy"][flat],
+                        "decoder_score": dscores[j],
+                    }
+                )
+                flat += 1
+            records.append(
+                {
+                    "input": _text(
+                        ex.get("inputs_pretokenized", vocabulary.decode(ex["inputs"].tolist()))
+                    ),
+                    "reference": _text(
+                        ex.get("targets_pretokenized", vocabulary.decode(ex["targets"].tolist()))
+                    ),
+                    "samples": rec_samples,
+                }
+            )
+        metrics = score_generations(task_obj, examples, records, self_bleu_sample_size, seed)
+        metrics = {"run": run, "setting": setting.to_json(), **metrics}
+        if setting.calculator:
+            metrics["calculator"] = {
+                "calls": calc_calls,
+                "definition": "safe evaluator (numbers, + - * /, parentheses) completes '<<expr=' with "
+                "'result>>' during decoding",
+            }
+        setting_dir = out_root / setting.name
+        setting_dir.mkdir(parents=True, exist_ok=True)
+        with open(setting_dir / "generations.jsonl", "w") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        (setting_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        summary["settings"][setting.name] = {
+            "task_metrics": metrics["task_metrics"],
+            "self_bleu4": metrics["diversity"].get("self_bleu4"),
+            "mean_summed_reward": metrics["scores"]["mean_summed_reward"],
+        }
+        print(f"{setting.name}: {json.dumps(metrics['task_metrics'])}", flush=True)
+    (out_root / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    print(
+        f"wrote {out_root}/<setting>/{{generations.jsonl,metrics.json}} and summary.json",
+        flush=True,
+    )
+    return {"output_dir": str(out_root), "settings": summary["settings"]}
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+def main(argv: Sequence[str]) -> int:
+    """Parses gin with the trainer's plumbing (same flags, search paths and checks), then runs ``evaluate``."""
+    from absl import flags
+
+    from iqlearn_jax import train as train_lib
+
+    if len(argv) > 1:
+        print(f"iqlearn-evaluate: error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
+        return 2
+    try:
+        train_lib.parse_gin(
+            flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths
+        )
+        from iqlearn_jax.tasks import register_tasks
+
+        register_tasks()
+        evaluate()
+    except (train_lib.ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"iqlearn-evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def console_main() -> int:
+    """Entry point of ``iqlearn-evaluate`` and ``python -m iqlearn_jax.evaluate``."""
+    from absl import app
+
+    from iqlearn_jax import (
+        train as train_lib,
+    )  # defines --gin_file / --gin_bindings / --gin_search_paths
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = train_lib.rewrite_gin_args(sys.argv)
+    exit_code = 0
+
+    def run(args: Sequence[str]) -> None:
+        nonlocal exit_code
+        exit_code = main(args)
+
+    try:
+        app.run(run, argv=argv)
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise
+    return exit_code

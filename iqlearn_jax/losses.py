@@ -14,8 +14,8 @@ Next-state values (DESIGN.md §1):
 
 Every function here is pure and jit/grad/vmap compatible; nothing here knows about Flax, batches or I/O.
 
-Shapes: logits [batch, length, vocab] in any floating dtype (all reductions run in float32); targets, weights and
-segment_ids [batch, length]. Losses are float32 scalars; metrics are dicts of float32 scalars.
+Shapes: logits [batch, length, vocab] in any floating dtype (all reductions run in float32, or in float64 for
+float64 logits); targets, weights and segment_ids [batch, length]. Losses are float32 scalars; metrics are dicts of float32 scalars.
 
 `loss_normalizing_factor` follows T5X: None → the plain sum over positions; a number → the sum divided by it;
 "NUM_REAL_TARGET_TOKENS" → divided by Σ weights; "NUM_TOTAL_TARGET_TOKENS" → divided by batch·length;
@@ -116,9 +116,14 @@ def _check_normalizing_factor(loss_normalizing_factor: Any) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _upcast(logits: Array) -> Array:
+    """Logits in at least float32 (bfloat16/float16 are upcast; float64 stays float64 for gradient checks)."""
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+
 def _mask_padded_vocab(logits: Array, valid_vocab_size: int | None) -> Array:
-    """Float32 logits with the rows ≥ valid_vocab_size (T5's padded embedding rows) pushed to −∞."""
-    logits = logits.astype(jnp.float32)
+    """Upcast logits with the rows ≥ valid_vocab_size (T5's padded embedding rows) pushed to −∞."""
+    logits = _upcast(logits)
     if valid_vocab_size is None:
         return logits
     vocab = logits.shape[-1]
@@ -255,7 +260,7 @@ def mle_loss(
     _check_range("z_loss", z_loss, 0.0, float("inf"))
     _check_normalizing_factor(loss_normalizing_factor)
 
-    logits32 = logits.astype(jnp.float32)
+    logits32 = _upcast(logits)
     terms = _token_terms(logits32, targets)
     vocab = logits.shape[-1]
     if label_smoothing:
@@ -303,7 +308,7 @@ def entropy_regularized_loss(
     _check_range("beta", beta, 0.0, float("inf"))
     _check_normalizing_factor(loss_normalizing_factor)
 
-    terms = _token_terms(logits.astype(jnp.float32), targets)
+    terms = _token_terms(_upcast(logits), targets)
     token_weights, normalizer = _normalized_weights(weights, None, loss_normalizing_factor)
     mle_term = _safe_divide(jnp.sum(token_weights * -terms["log_prob"]), normalizer)
     entropy_term = -beta * _safe_divide(jnp.sum(token_weights * terms["entropy"]), normalizer)

@@ -201,7 +201,9 @@ def _normalized_weights(
         num_ids = batch * (length + 1)
         per_sequence = jax.ops.segment_sum(weights.ravel(), flat_ids, num_segments=num_ids)
         denominator = per_sequence[flat_ids].reshape(weights.shape)
-        scaled = jnp.where(denominator > 0, weights / jnp.where(denominator > 0, denominator, 1.0), 0.0)
+        scaled = jnp.where(
+            denominator > 0, weights / jnp.where(denominator > 0, denominator, 1.0), 0.0
+        )
         return scaled, jnp.sum(scaled)
     return weights, jnp.asarray(loss_normalizing_factor, jnp.float32)
 
@@ -271,7 +273,9 @@ def mle_loss(
         cross_entropy = -(
             on_value * terms["log_prob"] + off_value * (sum_log_probs - terms["log_prob"])
         )
-        target_entropy = -(on_value * np.log(on_value) + label_smoothing * np.log(off_value + 1e-20))
+        target_entropy = -(
+            on_value * np.log(on_value) + label_smoothing * np.log(off_value + 1e-20)
+        )
         cross_entropy = cross_entropy - target_entropy
     else:
         cross_entropy = -terms["log_prob"]

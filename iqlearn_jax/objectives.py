@@ -102,7 +102,9 @@ class Objective:
                 f"got name={self.name!r}"
             )
         if self.name != "mle_entropy" and self.beta > 0:
-            raise ValueError(f"beta={self.beta} has no effect with name={self.name!r}; use 'mle_entropy'")
+            raise ValueError(
+                f"beta={self.beta} has no effect with name={self.name!r}; use 'mle_entropy'"
+            )
 
     def lam_at(self, step: Array | int | None) -> Array | float:
         """λ at train step `step`: 0 during the MLE warm-up, `lam` after (and when step is None)."""

@@ -75,7 +75,14 @@ def iqlearn_reference(
     rewards = np.zeros((batch, length))
     td_mask = np.zeros((batch, length))
     mle_sum = td_sum = 0.0
-    stats = {"value": 0.0, "correct": 0.0, "entropy": 0.0, "weight": 0.0, "reward": 0.0, "td_w": 0.0}
+    stats = {
+        "value": 0.0,
+        "correct": 0.0,
+        "entropy": 0.0,
+        "weight": 0.0,
+        "reward": 0.0,
+        "td_w": 0.0,
+    }
     for b in range(batch):
         for t in range(length):
             if raw_weights[b, t] <= 0:
@@ -117,7 +124,9 @@ def iqlearn_reference(
     }
 
 
-def mle_reference(logits, targets, weights, *, label_smoothing=0.0, z_loss=0.0, beta=0.0, factor=None):
+def mle_reference(
+    logits, targets, weights, *, label_smoothing=0.0, z_loss=0.0, beta=0.0, factor=None
+):
     """Label-smoothed cross-entropy minus the soft target's entropy, plus z-loss, minus β·entropy; per token."""
     logits = np.asarray(logits, np.float64)
     token_weights, normalizer = normalized_weights(weights, None, factor)

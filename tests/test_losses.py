@@ -76,10 +76,18 @@ def test_iqlearn_matches_numpy_loop(factor, use_segments):
                 loss_normalizing_factor=factor,
             )
             ref = iqlearn_reference(
-                logits, targets, weights, lam=lam, gamma=gamma, segment_ids=segment_ids, factor=factor
+                logits,
+                targets,
+                weights,
+                lam=lam,
+                gamma=gamma,
+                segment_ids=segment_ids,
+                factor=factor,
             )
             for name in ("mle_term", "td_term", "mean_reward", "mean_value", "accuracy", "entropy"):
-                np.testing.assert_allclose(metrics[name], ref[name], rtol=2e-5, atol=2e-5, err_msg=name)
+                np.testing.assert_allclose(
+                    metrics[name], ref[name], rtol=2e-5, atol=2e-5, err_msg=name
+                )
             np.testing.assert_allclose(loss, ref["loss"], rtol=2e-5, atol=2e-5)
             assert metrics["num_tokens"] == ref["num_tokens"]
             worst = max(worst, abs(float(loss) - ref["loss"]) / max(1.0, abs(ref["loss"])))
@@ -90,7 +98,10 @@ def test_segment_ids_change_the_td_targets():
     """Without segment ids the packed row 4 would take its next value across the segment boundary."""
     logits, targets, weights, segments = make_batch(seed=2)
     _, with_segments = losses.implicit_rewards(
-        jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights), segment_ids=jnp.asarray(segments)
+        jnp.asarray(logits),
+        jnp.asarray(targets),
+        jnp.asarray(weights),
+        segment_ids=jnp.asarray(segments),
     )
     _, without_segments = losses.implicit_rewards(
         jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)
@@ -109,7 +120,9 @@ def test_implicit_rewards_match_numpy_loop():
             eos_id=EOS,
             segment_ids=jnp.asarray(segments),
         )
-        ref = iqlearn_reference(logits, targets, weights, lam=1.0, gamma=gamma, segment_ids=segments)
+        ref = iqlearn_reference(
+            logits, targets, weights, lam=1.0, gamma=gamma, segment_ids=segments
+        )
         np.testing.assert_allclose(rewards, ref["rewards"], rtol=1e-5, atol=1e-4)
         np.testing.assert_array_equal(td_mask, ref["td_mask"])
     # The edge cases by hand: EOS positions are terminal, truncated ends masked, padding masked.
@@ -122,7 +135,9 @@ def test_implicit_rewards_match_numpy_loop():
 def test_telescoping_sum_of_rewards_at_gamma_one():
     """DESIGN §1: with γ = 1 the rewards of a complete sequence sum to log π(y|x) + V(s_0)."""
     logits, targets, weights, segments = make_batch(seed=4)
-    rewards, _ = losses.implicit_rewards(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    rewards, _ = losses.implicit_rewards(
+        jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)
+    )
     row = np.asarray(logits[0, :6], np.float64)
     values = np.log(np.exp(row).sum(-1))
     log_likelihood = sum(row[t, targets[0, t]] - values[t] for t in range(6))
@@ -188,7 +203,11 @@ def test_extreme_and_bfloat16_logits_are_finite():
     extreme = jnp.asarray(signs * 1e4, jnp.float32)
     for x in (extreme, jnp.asarray(logits, jnp.bfloat16), extreme.astype(jnp.bfloat16)):
         loss, metrics = losses.iqlearn_loss(
-            x, jnp.asarray(targets), jnp.asarray(weights), lam=0.5, segment_ids=jnp.asarray(segments)
+            x,
+            jnp.asarray(targets),
+            jnp.asarray(weights),
+            lam=0.5,
+            segment_ids=jnp.asarray(segments),
         )
         grad = jax.grad(
             lambda y: losses.iqlearn_loss(y, jnp.asarray(targets), jnp.asarray(weights), lam=0.5)[0]
@@ -198,7 +217,9 @@ def test_extreme_and_bfloat16_logits_are_finite():
     # bfloat16 logits are reduced in float32: same result as the float32 copy of the same values.
     rounded = jnp.asarray(logits, jnp.bfloat16)
     a = losses.iqlearn_loss(rounded, jnp.asarray(targets), jnp.asarray(weights), lam=0.5)[0]
-    b = losses.iqlearn_loss(rounded.astype(jnp.float32), jnp.asarray(targets), jnp.asarray(weights), lam=0.5)[0]
+    b = losses.iqlearn_loss(
+        rounded.astype(jnp.float32), jnp.asarray(targets), jnp.asarray(weights), lam=0.5
+    )[0]
     assert a.dtype == jnp.float32
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
@@ -208,17 +229,31 @@ def test_valid_vocab_size_masks_padded_rows_out_of_the_value():
     targets = np.minimum(targets, 7)
     padded = logits.copy()
     padded[..., 8:] = 50.0  # padded rows that would dominate V if not masked
-    kwargs = dict(lam=0.4, segment_ids=jnp.asarray(segments), loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+    kwargs = dict(
+        lam=0.4, segment_ids=jnp.asarray(segments), loss_normalizing_factor="NUM_REAL_TARGET_TOKENS"
+    )
     masked, metrics = losses.iqlearn_loss(
-        jnp.asarray(padded), jnp.asarray(targets), jnp.asarray(weights), valid_vocab_size=8, **kwargs
+        jnp.asarray(padded),
+        jnp.asarray(targets),
+        jnp.asarray(weights),
+        valid_vocab_size=8,
+        **kwargs,
     )
     ref = iqlearn_reference(
-        padded, targets, weights, lam=0.4, segment_ids=segments, factor="NUM_REAL_TARGET_TOKENS", valid_vocab_size=8
+        padded,
+        targets,
+        weights,
+        lam=0.4,
+        segment_ids=segments,
+        factor="NUM_REAL_TARGET_TOKENS",
+        valid_vocab_size=8,
     )
     np.testing.assert_allclose(masked, ref["loss"], rtol=2e-5)
     np.testing.assert_allclose(metrics["mean_value"], ref["mean_value"], rtol=2e-5)
     grad = jax.grad(
-        lambda x: losses.iqlearn_loss(x, jnp.asarray(targets), jnp.asarray(weights), valid_vocab_size=8, **kwargs)[0]
+        lambda x: losses.iqlearn_loss(
+            x, jnp.asarray(targets), jnp.asarray(weights), valid_vocab_size=8, **kwargs
+        )[0]
     )(jnp.asarray(padded))
     assert float(jnp.abs(grad[..., 8:]).max()) == 0.0
 
@@ -228,12 +263,20 @@ def test_mle_and_entropy_losses_match_numpy(factor):
     logits, targets, weights, _ = make_batch(seed=9)
     x, y, w = jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)
     for smoothing, z in ((0.0, 0.0), (0.1, 0.0), (0.0, 1e-3), (0.2, 1e-2)):
-        loss, _ = losses.mle_loss(x, y, w, label_smoothing=smoothing, z_loss=z, loss_normalizing_factor=factor)
-        ref = mle_reference(logits, targets, weights, label_smoothing=smoothing, z_loss=z, factor=factor)
+        loss, _ = losses.mle_loss(
+            x, y, w, label_smoothing=smoothing, z_loss=z, loss_normalizing_factor=factor
+        )
+        ref = mle_reference(
+            logits, targets, weights, label_smoothing=smoothing, z_loss=z, factor=factor
+        )
         np.testing.assert_allclose(loss, ref, rtol=2e-5)
     for beta in (0.0, 0.05, 1.0):
-        loss, metrics = losses.entropy_regularized_loss(x, y, w, beta=beta, loss_normalizing_factor=factor)
-        np.testing.assert_allclose(loss, mle_reference(logits, targets, weights, beta=beta, factor=factor), rtol=2e-5)
+        loss, metrics = losses.entropy_regularized_loss(
+            x, y, w, beta=beta, loss_normalizing_factor=factor
+        )
+        np.testing.assert_allclose(
+            loss, mle_reference(logits, targets, weights, beta=beta, factor=factor), rtol=2e-5
+        )
 
 
 def test_online_loss_reduces_to_offline_at_alpha_zero_and_matches_reference():
@@ -242,26 +285,53 @@ def test_online_loss_reduces_to_offline_at_alpha_zero_and_matches_reference():
     e_logits, e_targets, e_weights, e_segments = (jnp.asarray(a) for a in expert)
     p_logits, p_targets, p_weights, p_segments = (jnp.asarray(a) for a in policy)
     common = dict(lam=0.6, gamma=0.95, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
-    offline, _ = losses.iqlearn_loss(e_logits, e_targets, e_weights, segment_ids=e_segments, **common)
+    offline, _ = losses.iqlearn_loss(
+        e_logits, e_targets, e_weights, segment_ids=e_segments, **common
+    )
     online0, _ = losses.online_iqlearn_loss(
-        e_logits, e_targets, e_weights, p_logits, p_targets, p_weights, alpha=0.0,
-        expert_segment_ids=e_segments, policy_segment_ids=p_segments, **common,
+        e_logits,
+        e_targets,
+        e_weights,
+        p_logits,
+        p_targets,
+        p_weights,
+        alpha=0.0,
+        expert_segment_ids=e_segments,
+        policy_segment_ids=p_segments,
+        **common,
     )
     assert float(online0) == float(offline)
     grads = [
-        jax.grad(lambda x, a=alpha: losses.online_iqlearn_loss(
-            e_logits, e_targets, e_weights, x, p_targets, p_weights, alpha=a, **common)[0])(p_logits)
+        jax.grad(
+            lambda x, a=alpha: losses.online_iqlearn_loss(
+                e_logits, e_targets, e_weights, x, p_targets, p_weights, alpha=a, **common
+            )[0]
+        )(p_logits)
         for alpha in (0.0, 0.5)
     ]
     assert float(jnp.abs(grads[0]).max()) == 0.0 and float(jnp.abs(grads[1]).max()) > 0.0
     alpha = 0.25
     online, metrics = losses.online_iqlearn_loss(
-        e_logits, e_targets, e_weights, p_logits, p_targets, p_weights, alpha=alpha,
-        expert_segment_ids=e_segments, policy_segment_ids=p_segments, **common,
+        e_logits,
+        e_targets,
+        e_weights,
+        p_logits,
+        p_targets,
+        p_weights,
+        alpha=alpha,
+        expert_segment_ids=e_segments,
+        policy_segment_ids=p_segments,
+        **common,
     )
-    e_ref = iqlearn_reference(*expert[:3], lam=0.6, gamma=0.95, segment_ids=expert[3], factor="NUM_REAL_TARGET_TOKENS")
-    p_ref = iqlearn_reference(*policy[:3], lam=0.6, gamma=0.95, segment_ids=policy[3], factor="NUM_REAL_TARGET_TOKENS")
-    expected = e_ref["mle_term"] + 0.6 / (1 - alpha) * ((1 - alpha) * e_ref["policy_chi2"] + alpha * p_ref["policy_chi2"])
+    e_ref = iqlearn_reference(
+        *expert[:3], lam=0.6, gamma=0.95, segment_ids=expert[3], factor="NUM_REAL_TARGET_TOKENS"
+    )
+    p_ref = iqlearn_reference(
+        *policy[:3], lam=0.6, gamma=0.95, segment_ids=policy[3], factor="NUM_REAL_TARGET_TOKENS"
+    )
+    expected = e_ref["mle_term"] + 0.6 / (1 - alpha) * (
+        (1 - alpha) * e_ref["policy_chi2"] + alpha * p_ref["policy_chi2"]
+    )
     np.testing.assert_allclose(online, expected, rtol=2e-5)
     np.testing.assert_allclose(metrics["policy_mean_reward"], p_ref["mean_reward"], rtol=2e-5)
 
@@ -272,7 +342,9 @@ def test_jit_and_vmap_compatible():
     seg = jnp.asarray(segments)
 
     def f(x, y, w, s):
-        return losses.iqlearn_loss(x, y, w, lam=0.3, segment_ids=s, loss_normalizing_factor="AVERAGE_PER_SEQUENCE")
+        return losses.iqlearn_loss(
+            x, y, w, lam=0.3, segment_ids=s, loss_normalizing_factor="AVERAGE_PER_SEQUENCE"
+        )
 
     eager, _ = f(*args, seg)
     jitted, _ = jax.jit(f)(*args, seg)
@@ -296,8 +368,14 @@ def test_bad_arguments_raise_value_errors_naming_them():
         (lambda: losses.online_iqlearn_loss(x, y, w, x, y, w, lam=0.1, alpha=1.0), "alpha"),
         (lambda: losses.online_iqlearn_loss(x, y, w, x, y, w, lam=0.1, alpha=-0.2), "alpha"),
         (lambda: losses.entropy_regularized_loss(x, y, w, beta=-1.0), "beta"),
-        (lambda: losses.mle_loss(x, y, w, loss_normalizing_factor="NUM_TOKENS"), "loss_normalizing_factor"),
-        (lambda: losses.iqlearn_loss(x, y, w, lam=0.1, loss_normalizing_factor="per_token"), "loss_normalizing_factor"),
+        (
+            lambda: losses.mle_loss(x, y, w, loss_normalizing_factor="NUM_TOKENS"),
+            "loss_normalizing_factor",
+        ),
+        (
+            lambda: losses.iqlearn_loss(x, y, w, lam=0.1, loss_normalizing_factor="per_token"),
+            "loss_normalizing_factor",
+        ),
         (lambda: losses.iqlearn_loss(x, y[:, :5], w, lam=0.1), "targets"),
         (lambda: losses.iqlearn_loss(x, y, w[:3], lam=0.1), "weights"),
         (lambda: losses.iqlearn_loss(x, y, w, lam=0.1, segment_ids=y[:, :3]), "segment_ids"),

@@ -6,10 +6,10 @@ import gin
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 from loss_reference import iqlearn_reference, mle_reference
 from test_losses import make_batch
 
-from conftest import REPO_ROOT
 from iqlearn_jax import objectives
 
 
@@ -18,8 +18,15 @@ def test_objectives_dispatch_to_the_right_loss():
     x, y, w, s = (jnp.asarray(a) for a in (logits, targets, weights, segments))
     iq = objectives.Objective(name="iqlearn", lam=0.5, gamma=0.9)
     loss, metrics = iq(x, y, w, segment_ids=s)
-    ref = iqlearn_reference(logits, targets, weights, lam=0.5, gamma=0.9, segment_ids=segments,
-                            factor="NUM_REAL_TARGET_TOKENS")
+    ref = iqlearn_reference(
+        logits,
+        targets,
+        weights,
+        lam=0.5,
+        gamma=0.9,
+        segment_ids=segments,
+        factor="NUM_REAL_TARGET_TOKENS",
+    )
     np.testing.assert_allclose(loss, ref["loss"], rtol=2e-5)
     assert float(metrics["lam"]) == 0.5
     ent = objectives.Objective(name="mle_entropy", beta=0.1)
@@ -66,7 +73,9 @@ def test_gin_objective_files_build_an_objective(name):
         gin.parse_config_file(str(REPO_ROOT / "gin_configs" / "objectives" / f"{name}.gin"))
         objective = gin.query_parameter("%OBJECTIVE").scoped_configurable_fn()
         assert isinstance(objective, objectives.Objective) and objective.name == name
-        first_line = (REPO_ROOT / "gin_configs" / "objectives" / f"{name}.gin").read_text().splitlines()[0]
+        first_line = (
+            (REPO_ROOT / "gin_configs" / "objectives" / f"{name}.gin").read_text().splitlines()[0]
+        )
         assert first_line.startswith("#")
     finally:
         gin.clear_config()

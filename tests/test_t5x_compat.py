@@ -18,7 +18,9 @@ def _t5x_available() -> bool:
     return True
 
 
-@pytest.mark.skipif(_t5x_available(), reason="t5x is installed: the missing-t5x path cannot be exercised")
+@pytest.mark.skipif(
+    _t5x_available(), reason="t5x is installed: the missing-t5x path cannot be exercised"
+)
 def test_import_without_t5x_names_the_install_command():
     sys.modules.pop("iqlearn_jax.t5x_compat", None)
     with pytest.raises(ImportError, match=r"iqlearn_jax\[t5x\]"):
@@ -31,7 +33,9 @@ def test_t5x_gin_file_starts_with_its_command_and_binds_the_adapter():
     assert "MODEL = @t5x_compat.IQLearnEncoderDecoderModel()" in text
 
 
-@pytest.mark.skipif(not _t5x_available(), reason="t5x (git-only, optional extra [t5x]) is not installed")
+@pytest.mark.skipif(
+    not _t5x_available(), reason="t5x (git-only, optional extra [t5x]) is not installed"
+)
 def test_adapter_loss_equals_objective_on_t5x_logits():
     import jax
     import jax.numpy as jnp
@@ -43,14 +47,24 @@ def test_adapter_loss_equals_objective_on_t5x_logits():
     from iqlearn_jax import objectives, t5x_compat
 
     config = network.T5Config(
-        vocab_size=64, dtype="float32", emb_dim=16, num_heads=2, num_encoder_layers=1,
-        num_decoder_layers=1, head_dim=8, mlp_dim=32, mlp_activations=("gelu", "linear"),
-        dropout_rate=0.0, logits_via_embedding=False,
+        vocab_size=64,
+        dtype="float32",
+        emb_dim=16,
+        num_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        head_dim=8,
+        mlp_dim=32,
+        mlp_activations=("gelu", "linear"),
+        dropout_rate=0.0,
+        logits_via_embedding=False,
     )
     objective = objectives.Objective(name="iqlearn", lam=0.5)
     model = t5x_compat.IQLearnEncoderDecoderModel(
-        module=network.Transformer(config), input_vocabulary=seqio.PassThroughVocabulary(64),
-        output_vocabulary=seqio.PassThroughVocabulary(64), optimizer_def=adafactor.Adafactor(),
+        module=network.Transformer(config),
+        input_vocabulary=seqio.PassThroughVocabulary(64),
+        output_vocabulary=seqio.PassThroughVocabulary(64),
+        optimizer_def=adafactor.Adafactor(),
         objective=objective,
     )
     shapes = {"encoder_input_tokens": (2, 6), "decoder_input_tokens": (2, 5)}
@@ -66,6 +80,8 @@ def test_adapter_loss_equals_objective_on_t5x_logits():
     }
     loss, metrics = model.loss_fn(params, batch, None)
     logits = model._compute_logits(params, batch, None)
-    expected, _ = objective(logits, jnp.asarray(targets), jnp.asarray(batch["decoder_loss_weights"]))
+    expected, _ = objective(
+        logits, jnp.asarray(targets), jnp.asarray(batch["decoder_loss_weights"])
+    )
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
     assert "objective/td_term" in metrics

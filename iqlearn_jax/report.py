@@ -29,6 +29,7 @@ import numpy as np
 # Preferred headline metric per task family (the first present is plotted unless --metric is given).
 PREFERRED_METRICS = (
     "accuracy",
+    "answer_accuracy",
     "gsm8k_accuracy",
     "rougeLsum",
     "rouge1",

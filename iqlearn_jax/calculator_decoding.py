@@ -34,6 +34,22 @@ class CalculatorStats:
     injected_tokens: int = 0
 
 
+def completion_ids(
+    vocabulary: seqio.Vocabulary, prefix_ids: list[int], prefix_text: str, completion: str
+) -> list[int]:
+    """Token ids that continue ``prefix_ids`` with ``completion``.
+
+    Encoding the completion alone can differ from its tokens in context (SentencePiece adds a word-initial "▁",
+    which would decode as "= 24>>"); so the whole text is re-encoded and, when its tokens start with
+    ``prefix_ids``, the rest is used. Otherwise (the tokenizer merged across the boundary) the completion is
+    encoded alone.
+    """
+    full = [int(t) for t in vocabulary.encode(prefix_text + completion)]
+    if full[: len(prefix_ids)] == [int(t) for t in prefix_ids] and len(full) > len(prefix_ids):
+        return full[len(prefix_ids) :]
+    return [int(t) for t in vocabulary.encode(completion)]
+
+
 class CalculatorDecoder:
     """Step-wise sampler with the calculator hook for one model (jitted steps are cached across batches).
 
@@ -95,9 +111,11 @@ class CalculatorDecoder:
             out[:, i] = tokens
             done |= tokens == eos
             for r in np.flatnonzero(~done & ~forced):
-                completion = calculator_completion(self.vocabulary.decode(out[r, : i + 1].tolist()))
+                prefix_ids = out[r, : i + 1].tolist()
+                prefix_text = self.vocabulary.decode(prefix_ids)
+                completion = calculator_completion(prefix_text)
                 if completion is not None:
-                    ids = [int(t) for t in self.vocabulary.encode(completion)]
+                    ids = completion_ids(self.vocabulary, prefix_ids, prefix_text, completion)
                     pending[r] = ids
                     stats.calls += 1
                     stats.injected_tokens += len(ids)

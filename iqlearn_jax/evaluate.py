@@ -184,16 +184,22 @@ def trim_after_eos(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, bool]:
 
 
 class _Progress:
-    """A one-line progress bar on stderr: done/total, rate, ETA."""
+    """Progress on stderr: a redrawn bar on a terminal; in logs, a line every ``log_every_s`` and at the end."""
 
-    def __init__(self, total: int, desc: str, unit: str = "prompts"):
+    def __init__(self, total: int, desc: str, unit: str = "prompts", log_every_s: float = 30.0):
         self.total, self.desc, self.unit, self.done = total, desc, unit, 0
-        self.start = time.perf_counter()
-        self._draw()
+        self.start = self._last = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.log_every_s = log_every_s
+        if self.tty:
+            self._draw()
 
     def update(self, n: int) -> None:
         self.done += n
-        self._draw()
+        now = time.perf_counter()
+        if self.tty or self.done >= self.total or now - self._last >= self.log_every_s:
+            self._last = now
+            self._draw()
 
     def _draw(self) -> None:
         elapsed = time.perf_counter() - self.start
@@ -203,11 +209,11 @@ class _Progress:
         filled = int(width * self.done / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
         eta_s = f"{eta:5.0f}s" if math.isfinite(eta) else "    ?"
-        sys.stderr.write(
-            f"\r{self.desc:>22} [{bar}] {self.done}/{self.total} {self.unit} {rate:6.2f}/s ETA {eta_s}"
-        )
+        line = f"{self.desc:>22} [{bar}] {self.done}/{self.total} {self.unit} {rate:6.2f}/s ETA {eta_s}"
         if self.done >= self.total:
-            sys.stderr.write(f"  ({elapsed:.1f}s)\n")
+            line += f"  ({elapsed:.1f}s)"
+        end = "\n" if (self.done >= self.total or not self.tty) else ""
+        sys.stderr.write(("\r" if self.tty else "") + line + end)
         sys.stderr.flush()
 
 

@@ -81,3 +81,29 @@ def test_no_annotation_is_plain_decoding_and_stops_at_the_cache_end():
     assert texts[0] == "plain text" and stats.calls == 1
     assert texts[1] == "x" * LENGTH  # truncated at the decode length, no EOS
     assert texts[2] == "<<1+1=2>>"
+
+
+def test_completion_tokens_fit_the_context_with_sentencepiece(tmp_path):
+    import io
+
+    import sentencepiece as spm
+
+    from iqlearn_jax.calculator_decoding import completion_ids
+
+    rng = np.random.default_rng(0)
+    lines = [
+        f"She sold {a}/{b} = <<{a}/{b}={a // b}>>{a // b} clips and <<{b}*{c}={b * c}>> more.\n#### {b * c}"
+        for a, b, c in rng.integers(1, 99, size=(300, 3))
+    ]
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buffer, vocab_size=120, minloglevel=3
+    )
+    (tmp_path / "sp.model").write_bytes(buffer.getvalue())
+    vocab = seqio.SentencePieceVocabulary(str(tmp_path / "sp.model"))
+    for prefix_text in ["She sold 48/2 = <<48/2=", "and <<3*4="]:
+        prefix = list(vocab.encode(prefix_text))
+        ids = completion_ids(vocab, prefix, vocab.decode(prefix), "24>>")
+        assert (
+            vocab.decode(prefix + ids) == prefix_text + "24>>"
+        )  # no "= 24>>" from a word-initial piece

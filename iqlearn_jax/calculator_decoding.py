@@ -59,6 +59,7 @@ class CalculatorDecoder:
       vocabulary: the output vocabulary (decodes row prefixes, encodes the calculator's results).
       temperature: 0 = greedy; otherwise sampling with ``topk`` / ``topp`` as ``decoding.sample_logits``.
       num_decodes: samples per input (rows of one input are adjacent).
+      max_decode_len: at most this many tokens per row (default: as many as the cache allows).
     """
 
     def __init__(
@@ -69,12 +70,14 @@ class CalculatorDecoder:
         num_decodes: int = 1,
         topk: int = 0,
         topp: float = 0.0,
+        max_decode_len: int | None = None,
     ):
         if num_decodes < 1:
             raise ValueError(f"num_decodes must be >= 1, got {num_decodes}")
         self.model = model
         self.vocabulary = vocabulary
         self.num_decodes = num_decodes
+        self.max_decode_len = max_decode_len
         self._start = jax.jit(
             lambda params, batch: model.start_decoding(params, batch, num_decodes)
         )
@@ -99,6 +102,8 @@ class CalculatorDecoder:
         done = np.zeros((rows,), bool)
         pending: list[list[int]] = [[] for _ in range(rows)]
         stats = CalculatorStats()
+        if self.max_decode_len is not None:
+            steps = min(steps, self.max_decode_len)
         for i in range(min(steps, length)):
             rng, step_rng = jax.random.split(rng)
             tokens = np.asarray(self._sample(state.logits, step_rng), np.int32).copy()

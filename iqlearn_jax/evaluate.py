@@ -226,11 +226,23 @@ def _with_decode_fn(model: Any, decode_fn: Any) -> Any:
     return clone
 
 
-def make_decoder(model: Any, setting: DecodingSetting, vocabulary: seqio.Vocabulary):
-    """``run(params, batch, rng) -> (tokens [batch, samples, length], decoder scores or None, calc stats or None)``."""
+def make_decoder(
+    model: Any, setting: DecodingSetting, vocabulary: seqio.Vocabulary, max_decode_len: int
+):
+    """``run(params, batch, rng) -> (tokens [batch, samples, length], decoder scores or None, calc stats or None)``.
+
+    At most ``max_decode_len`` tokens are generated (the targets length, so that scoring sees whole samples; a
+    decoder-only model's cache could otherwise hold more after short prompts).
+    """
     if setting.calculator:
         calc = CalculatorDecoder(
-            model, vocabulary, setting.temperature, setting.num_samples, setting.topk, setting.topp
+            model,
+            vocabulary,
+            setting.temperature,
+            setting.num_samples,
+            setting.topk,
+            setting.topp,
+            max_decode_len=max_decode_len,
         )
 
         def run_calc(params, batch, rng):
@@ -240,7 +252,7 @@ def make_decoder(model: Any, setting: DecodingSetting, vocabulary: seqio.Vocabul
         return run_calc
     if setting.method == "beam":
         clone = _with_decode_fn(model, decoding.beam_search)
-        decoder_params = {"alpha": setting.length_penalty}
+        decoder_params = {"alpha": setting.length_penalty, "max_decode_len": max_decode_len}
         num_decodes = setting.beam_size
     else:
         clone = _with_decode_fn(model, decoding.temperature_sample)
@@ -248,6 +260,7 @@ def make_decoder(model: Any, setting: DecodingSetting, vocabulary: seqio.Vocabul
             "temperature": setting.temperature,
             "topk": setting.topk,
             "topp": setting.topp,
+            "max_decode_steps": max_decode_len,
         }
         num_decodes = setting.num_samples
 
@@ -417,7 +430,7 @@ def evaluate(
     eos = int(model.eos_id)
     summary: dict[str, Any] = {"run": run, "settings": {}}
     for setting_index, setting in enumerate(settings):
-        decode = make_decoder(model, setting, vocabulary)
+        decode = make_decoder(model, setting, vocabulary, int(task_feature_lengths["targets"]))
         rng = jax.random.fold_in(jax.random.PRNGKey(seed), setting_index)
         progress = _Progress(len(examples), setting.name)
         samples_tokens: list[list[np.ndarray]] = []

@@ -127,6 +127,13 @@ def aggregate(records: list[dict]) -> list[dict]:
         groups, key=lambda k: (k[0], k[1], k[2], _setting_order(groups[k][0]["setting"]))
     ):
         recs = groups[key]
+        seeds = [r["run"].get("seed") for r in recs]
+        if len(set(map(str, seeds))) < len(seeds):
+            print(
+                f"warning: {key} has {len(seeds)} runs but seeds {seeds}: runs with the same seed are "
+                "averaged as if independent (" + ", ".join(r["_path"] for r in recs) + ")",
+                file=sys.stderr,
+            )
         values = {}
         for section in ("task_metrics", "diversity", "scores", "reward_correlation"):
             sub = [r.get(section, {}) for r in recs]
@@ -138,7 +145,7 @@ def aggregate(records: list[dict]) -> list[dict]:
                 "objective": key[1],
                 "lam": key[2],
                 "setting": recs[0]["setting"],
-                "seeds": sorted(r["run"].get("seed") for r in recs),
+                "seeds": sorted((r["run"].get("seed") for r in recs), key=str),
                 "values": values,
             }
         )

@@ -25,9 +25,14 @@ if (
 
     sys.exit(console_main())
 
+import os
+
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "2"
+)  # before TensorFlow (via SeqIO) is first imported
+
 import dataclasses
 import json
-import os
 import pathlib
 import signal
 import sys
@@ -578,7 +583,20 @@ def _write_config(model_dir: pathlib.Path, step: int) -> None:
 
 
 # ---- entry points ---------------------------------------------------------------------------------------------
+_QUIET_INFO_SOURCES = ("/orbax/", "/seqio/", "/clu/", "xla_bridge.py")
+
+
+def _quiet_info(record: Any) -> bool:
+    """Drops INFO chatter of orbax/seqio/clu from the console; warnings and errors stay."""
+    import logging as py_logging
+
+    return record.levelno > py_logging.INFO or not any(
+        s in record.pathname for s in _QUIET_INFO_SOURCES
+    )
+
+
 def main(argv: Sequence[str]) -> int:
+    logging.get_absl_handler().addFilter(_quiet_info)
     if len(argv) > 1:
         print(f"iqlearn-train: error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2
@@ -608,7 +626,6 @@ def console_main() -> int:
     """Entry point of `iqlearn-train` and `python -m iqlearn_jax.train`."""
     from absl import app
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = rewrite_gin_args(sys.argv)
     exit_code = 0
 

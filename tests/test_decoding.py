@@ -126,19 +126,36 @@ def test_sampling_frequencies_topk_topp():
     probs = np.exp(_log_softmax(first))
     order = np.argsort(-probs)
 
-    def frequencies(**kwargs):
-        decodes, _ = jax.jit(
-            lambda x, rng: decoding.temperature_sample(
-                x,
+    @jax.jit
+    def draw(
+        temperature, topp, rng
+    ):  # temperature and topp traced: one compilation for all settings
+        return decoding.temperature_sample(
+            jnp.zeros((1, 2), jnp.int32),
+            model.cache(1),
+            model.tokens_to_logits,
+            EOS,
+            rng,
+            num_decodes=n,
+            max_decode_steps=1,
+            temperature=temperature,
+            topp=topp,
+        )[0]
+
+    def frequencies(temperature=1.0, topk=0, topp=0.0):
+        if topk:
+            decodes = decoding.temperature_sample(
+                jnp.zeros((1, 2), jnp.int32),
                 model.cache(1),
                 model.tokens_to_logits,
                 EOS,
-                rng,
+                jax.random.PRNGKey(0),
                 num_decodes=n,
                 max_decode_steps=1,
-                **kwargs,
-            )
-        )(jnp.zeros((1, 2), jnp.int32), jax.random.PRNGKey(0))
+                topk=topk,
+            )[0]
+        else:
+            decodes = draw(jnp.float32(temperature), jnp.float32(topp), jax.random.PRNGKey(0))
         return np.bincount(np.asarray(decodes[0, :, 0]), minlength=vocab) / n
 
     np.testing.assert_allclose(frequencies(temperature=1.0), probs, atol=0.03)

@@ -401,12 +401,16 @@ def evaluate(
     Returns:
       {"output_dir": str, "settings": {name: metrics dict}}.
     """
-    task_obj, examples = load_examples(task, split, task_feature_lengths, max_examples)
-    vocabulary = model.output_vocabulary or task_obj.output_features["targets"].vocabulary
-    params, ckpt = load_params(model, checkpoint_path, task_feature_lengths)
     settings = decoding_settings(
         temperatures, num_samples, beam_sizes, length_penalty, topk, topp, calculator, task
     )
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
+    if not pathlib.Path(checkpoint_path).exists():
+        raise ValueError(f"CHECKPOINT_PATH {checkpoint_path!r} does not exist")
+    task_obj, examples = load_examples(task, split, task_feature_lengths, max_examples)
+    vocabulary = model.output_vocabulary or task_obj.output_features["targets"].vocabulary
+    params, ckpt = load_params(model, checkpoint_path, task_feature_lengths)
     out_root = pathlib.Path(output_dir or os.path.join(checkpoint_path, "eval", f"{task}_{split}"))
     out_root.mkdir(parents=True, exist_ok=True)
     objective = model.objective

@@ -205,3 +205,23 @@ def test_report(evaluated, tmp_path):
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert report.main([str(evaluated), "--output_dir", str(tmp_path / "cli")]) == 0
     assert report.main([str(tmp_path / "missing")]) == 2
+
+
+def test_decoding_settings_and_bad_arguments():
+    from iqlearn_jax import evaluate
+
+    names = [
+        s.name for s in evaluate.decoding_settings([0.0, 0.7], 4, [4], 0.6, 0, 0.0, "auto", "gsm8k")
+    ]
+    assert names == ["greedy", "greedy_calc", "temp0.7_k4", "temp0.7_k4_calc", "beam4_lp0.6"]
+    names = [s.name for s in evaluate.decoding_settings([1.0], 2, [], 0.6, 0, 0.0, "auto", "xsum")]
+    assert names == ["temp1_k2"]
+    for args, match in [
+        (([-1.0], 2, [], 0.6, 0, 0.0, "off", "t"), "temperature"),
+        (([1.0], 0, [], 0.6, 0, 0.0, "off", "t"), "num_samples"),
+        (([], 1, [0], 0.6, 0, 0.0, "off", "t"), "beam size"),
+        (([], 1, [], 0.6, 0, 0.0, "off", "t"), "no decoding setting"),
+        (([0.0], 1, [], 0.6, 0, 0.0, "sometimes", "t"), "calculator"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            evaluate.decoding_settings(*args)

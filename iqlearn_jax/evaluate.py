@@ -379,6 +379,7 @@ def evaluate(
     seed: int = 0,
     self_bleu_sample_size: int | None = 500,
     run_seed: int | None = None,
+    run_label: str | None = None,
 ) -> dict:
     """Decodes ``task``/``split`` with every decoding setting and writes the outputs (see module docstring).
 
@@ -397,6 +398,8 @@ def evaluate(
       seed: decoding RNG seed (and Self-BLEU subset seed).
       self_bleu_sample_size: Texygen's fixed sample size (None = all samples).
       run_seed: the training seed, recorded for report.py's aggregation (default: the checkpoint's meta "seed").
+      run_label: optional name of the run family (e.g. "t5-small"); report.py groups by (task, label, objective,
+        λ, setting) and averages over seeds.
 
     Returns:
       {"output_dir": str, "settings": {name: metrics dict}}.
@@ -417,6 +420,7 @@ def evaluate(
     if run_seed is None:
         run_seed = ckpt["meta"].get("seed")
     run = {
+        "label": run_label,
         "task": task,
         "split": split,
         "checkpoint": str(pathlib.Path(checkpoint_path).absolute()),

@@ -83,6 +83,7 @@ def _group_key(record: dict) -> tuple:
     run, setting = record["run"], record["setting"]
     return (
         str(run.get("task")),
+        str(run.get("label") or ""),
         str(run.get("objective")),
         float(run.get("lam") or 0.0),
         setting["name"],
@@ -123,9 +124,7 @@ def aggregate(records: list[dict]) -> list[dict]:
     for r in records:
         groups[_group_key(r)].append(r)
     rows = []
-    for key in sorted(
-        groups, key=lambda k: (k[0], k[1], k[2], _setting_order(groups[k][0]["setting"]))
-    ):
+    for key in sorted(groups, key=lambda k: (k[:4], _setting_order(groups[k][0]["setting"]))):
         recs = groups[key]
         seeds = [r["run"].get("seed") for r in recs]
         if len(set(map(str, seeds))) < len(seeds):
@@ -142,8 +141,9 @@ def aggregate(records: list[dict]) -> list[dict]:
         rows.append(
             {
                 "task": key[0],
-                "objective": key[1],
-                "lam": key[2],
+                "label": key[1],
+                "objective": key[2],
+                "lam": key[3],
                 "setting": recs[0]["setting"],
                 "seeds": sorted((r["run"].get("seed") for r in recs), key=str),
                 "values": values,
@@ -200,11 +200,12 @@ def markdown_table(rows: list[dict], metric_by_task: dict[str, str | None]) -> s
             cols.append(corr_key)
         cols = [c for c in cols if any(c in r["values"] for r in trows)]
         lines += [f"## Task `{task}`", ""]
-        header = ["objective", "λ", "decoding", "n"] + [c.split("/", 1)[1] for c in cols]
+        header = ["run", "objective", "λ", "decoding", "n"] + [c.split("/", 1)[1] for c in cols]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for r in trows:
-            cells = [r["objective"], f"{r['lam']:g}", r["setting"]["name"], str(len(r["seeds"]))]
+            cells = [r["label"] or "–", r["objective"], f"{r['lam']:g}", r["setting"]["name"]]
+            cells.append(str(len(r["seeds"])))
             cells += [_fmt(*r["values"][c]) if c in r["values"] else "–" for c in cols]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -228,7 +229,8 @@ def _ordered_value_keys(rows: list[dict]) -> list[str]:
 
 
 def _label(row: dict) -> str:
-    return f"{row['objective']} λ={row['lam']:g}"
+    prefix = f"{row['label']} " if row.get("label") else ""
+    return f"{prefix}{row['objective']} λ={row['lam']:g}"
 
 
 def _pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -258,7 +260,6 @@ def plot_pareto(rows: list[dict], task: str, metric: str, path: pathlib.Path) ->
     all_points = []
     for i, (label, rs) in enumerate(sorted(by_label.items())):
         color = f"C{i % 10}"
-        sampled = sorted((r for r in rs if r["setting"].get("method") == "sample"), key=_temp)
         for r in rs:
             x, xse, _ = r["values"][xkey]
             y, yse, _ = r["values"][ykey]
@@ -277,19 +278,33 @@ def plot_pareto(rows: list[dict], task: str, metric: str, path: pathlib.Path) ->
             ax.annotate(
                 r["setting"]["name"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points"
             )
-        if len(sampled) > 1:
-            ax.plot(
-                [r["values"][xkey][0] for r in sampled],
-                [r["values"][ykey][0] for r in sampled],
-                "-",
-                color=color,
+        for calc, style in ((False, "-"), (True, ":")):
+            sampled = sorted(
+                (
+                    r
+                    for r in rs
+                    if r["setting"].get("method") == "sample"
+                    and bool(r["setting"].get("calculator")) == calc
+                ),
+                key=_temp,
             )
+            if len(sampled) > 1:
+                ax.plot(
+                    [r["values"][xkey][0] for r in sampled],
+                    [r["values"][ykey][0] for r in sampled],
+                    style,
+                    color=color,
+                )
         ax.plot([], [], "o-", color=color, label=label)
     front = _pareto_front(all_points)
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
     ax.set_xlabel("Self-BLEU-4 (lower = more diverse)")
     ax.set_ylabel(metric)
-    ax.set_title(f"{task}: {metric} vs diversity (o sampling, s beam, hollow = calculator)")
+    ax.set_title(
+        f"{task}: {metric} vs diversity\n(o sampling: temperatures joined, s beam; "
+        "hollow/dotted = with calculator)",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -195,7 +195,7 @@ def test_report(evaluated, tmp_path):
 
     result = report.make_report([evaluated], tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
-    assert result["records"] == len(SETTINGS) and "| iqlearn | 0.1 | greedy | 1 |" in text
+    assert result["records"] == len(SETTINGS) and "| – | iqlearn | 0.1 | greedy | 1 |" in text
     names = sorted(os.path.basename(p) for p in result["plots"])
     assert names == [
         "pareto_synthetic_arithmetic_1step_answer_accuracy.png",

@@ -45,7 +45,7 @@ def test_mean_and_standard_error_over_seeds(tmp_path):
     for (objective, name), accs in values.items():
         se = accs.std(ddof=1) / math.sqrt(3)
         lam = "0" if objective == "mle" else "0.1"
-        assert f"| {objective} | {lam} | {name} | 3 | {accs.mean():.2f} ± {se:.2f} |" in text
+        assert f"| – | {objective} | {lam} | {name} | 3 | {accs.mean():.2f} ± {se:.2f} |" in text
     assert sorted(p.rsplit("/", 1)[1] for p in result["plots"]) == [
         "pareto_gsm8k_accuracy.png",
         "temperature_gsm8k_accuracy.png",

@@ -109,7 +109,7 @@ def _check_macros() -> None:
                     continue
                 if bound is gin.REQUIRED or (
                     isinstance(bound, gin.config.ConfigurableReference)
-                    and bound.configurable.name == "REQUIRED"
+                    and bound.scoped_selector.split("/")[0] == "gin.REQUIRED"
                 ):
                     required.add(macro)
     problems = [f"macro {m} is referenced but never defined" for m in sorted(missing)]
@@ -595,6 +595,11 @@ def _quiet_info(record: Any) -> bool:
     )
 
 
+def _strip_gin_context(e: Exception) -> str:
+    """The message without gin's appended "In call to configurable ..." line."""
+    return str(e).split("\n  In call to configurable")[0]
+
+
 def main(argv: Sequence[str]) -> int:
     logging.get_absl_handler().addFilter(_quiet_info)
     if len(argv) > 1:
@@ -608,10 +613,10 @@ def main(argv: Sequence[str]) -> int:
         register_tasks()
         train()
     except ConfigError as e:
-        print(f"iqlearn-train: error: {e}", file=sys.stderr)
+        print(f"iqlearn-train: error: {_strip_gin_context(e)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"iqlearn-train: error: {e}", file=sys.stderr)
+        print(f"iqlearn-train: error: {_strip_gin_context(e)}", file=sys.stderr)
         return 1
     except (ValueError, TypeError) as e:
         # Raised while gin builds configured objects (e.g. a bad Objective): name it and exit cleanly.

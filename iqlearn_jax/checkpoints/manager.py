@@ -190,17 +190,17 @@ def check_params_match(params: Any, abstract_params: Any, source: str) -> None:
         k: tuple(np.shape(v)) for k, v in _flatten(flax.serialization.to_state_dict(params)).items()
     }
     problems = [
+        f"parameter {k}: model shape {expected[k]}, checkpoint shape {found[k]}"
+        for k in sorted(expected.keys() & found.keys())
+        if expected[k] != found[k]
+    ]
+    problems += [
         f"missing parameter {k} (model shape {expected[k]})"
         for k in sorted(expected.keys() - found.keys())
     ]
     problems += [
         f"unexpected parameter {k} (shape {found[k]})"
         for k in sorted(found.keys() - expected.keys())
-    ]
-    problems += [
-        f"parameter {k}: model shape {expected[k]}, checkpoint shape {found[k]}"
-        for k in sorted(expected.keys() & found.keys())
-        if expected[k] != found[k]
     ]
     if problems:
         more = f"\n  ... and {len(problems) - 15} more" if len(problems) > 15 else ""

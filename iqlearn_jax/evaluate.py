@@ -42,6 +42,15 @@ import seqio
 
 from iqlearn_jax import decoding
 from iqlearn_jax.calculator_decoding import CalculatorDecoder
+from iqlearn_jax.evaluation_io import (
+    batches,
+    convert_to_model_features,
+    load_examples,
+    load_params,
+    text_of,
+    training_objective,
+    trim_after_eos,
+)
 from iqlearn_jax.metrics.generations import score_generations
 
 CALCULATOR_MODES = ("auto", "off", "on", "both")
@@ -113,74 +122,6 @@ def decoding_settings(
     for b in beam_sizes:
         settings.append(DecodingSetting("beam", beam_size=b, length_penalty=length_penalty))
     return settings
-
-
-# ---- data -----------------------------------------------------------------------------------------------------
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def load_examples(
-    task_name: str, split: str, task_feature_lengths: Mapping[str, int], max_examples: int | None
-) -> tuple[seqio.Task, list[dict]]:
-    """The first ``max_examples`` examples of the split (unshuffled), tokenised and trimmed by SeqIO."""
-    try:
-        task = seqio.get_mixture_or_task(task_name)
-    except ValueError as e:
-        raise ValueError(f"unknown task {task_name!r}: {e}") from e
-    if split not in task.splits:
-        raise ValueError(f"task {task_name!r} has splits {list(task.splits)}, not {split!r}")
-    ds = task.get_dataset(
-        dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=False
-    )
-    if max_examples is not None:
-        ds = ds.take(max_examples)
-    examples = list(ds.as_numpy_iterator())
-    if not examples:
-        raise ValueError(f"task {task_name!r} split {split!r} yielded no examples")
-    return task, examples
-
-
-def convert_to_model_features(
-    model: Any, pairs: Sequence[Mapping[str, np.ndarray]], task_feature_lengths: Mapping[str, int]
-) -> dict[str, np.ndarray]:
-    """Runs the model's SeqIO feature converter (unpacked) on {"inputs", "targets"} token lists; stacks all rows."""
-    import tensorflow as tf
-
-    def gen():
-        for p in pairs:
-            yield {k: np.asarray(p[k], np.int32) for k in ("inputs", "targets")}
-
-    spec = tf.TensorSpec([None], tf.int32)
-    ds = tf.data.Dataset.from_generator(gen, output_signature={"inputs": spec, "targets": spec})
-    converter = model.FEATURE_CONVERTER_CLS(pack=False)
-    ds = converter(ds, dict(task_feature_lengths))
-    rows = list(ds.as_numpy_iterator())
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-def _batches(features: Mapping[str, np.ndarray], batch_size: int):
-    """Yields (batch padded to ``batch_size`` rows with zeros, number of real rows)."""
-    n = len(next(iter(features.values())))
-    for start in range(0, n, batch_size):
-        chunk = {k: v[start : start + batch_size] for k, v in features.items()}
-        real = len(next(iter(chunk.values())))
-        if real < batch_size:
-            chunk = {
-                k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)])
-                for k, v in chunk.items()
-            }
-        yield chunk, real
-
-
-def trim_after_eos(tokens: np.ndarray, eos_id: int) -> tuple[np.ndarray, bool]:
-    """Tokens up to and including the first EOS (or up to the first 0 if there is none), and whether EOS came."""
-    tokens = np.asarray(tokens)
-    eos = np.flatnonzero(tokens == eos_id)
-    if len(eos):
-        return tokens[: eos[0] + 1], True
-    pad = np.flatnonzero(tokens == 0)
-    return (tokens[: pad[0]] if len(pad) else tokens), False
 
 
 class _Progress:
@@ -313,51 +254,6 @@ def make_scorer(model: Any):
     return score
 
 
-# ---- checkpoint -----------------------------------------------------------------------------------------------
-def _checkpoint_step_dir(path: pathlib.Path) -> pathlib.Path | None:
-    """The step directory an Orbax MODEL_DIR / checkpoints dir / step dir resolves to (newest step), if any."""
-    if (path / "state").is_dir():
-        return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    if not root.is_dir():
-        return None
-    steps = [c for c in root.iterdir() if c.name.isdigit() and (c / "state").is_dir()]
-    return max(steps, key=lambda c: int(c.name)) if steps else None
-
-
-def load_params(
-    model: Any, checkpoint_path: str, task_feature_lengths: Mapping[str, int]
-) -> tuple[Any, dict]:
-    """Params from ``checkpoint_path`` (this project's MODEL_DIR or step dir, a T5X or a Hugging Face T5 dir),
-    checked against the model, on the first device. Returns (params, {"step", "meta"})."""
-    from iqlearn_jax.checkpoints import manager
-    from iqlearn_jax.trainer import model_feature_shapes
-
-    path = pathlib.Path(checkpoint_path)
-    if not path.exists():
-        raise ValueError(f"CHECKPOINT_PATH {checkpoint_path!r} does not exist")
-    shapes = model_feature_shapes(model, task_feature_lengths, 1)
-    input_shapes = {k: s for k, (s, _) in shapes.items()}
-    input_types = {k: jnp.dtype(d) for k, (_, d) in shapes.items()}
-    abstract = jax.eval_shape(
-        lambda: model.get_initial_variables(jax.random.PRNGKey(0), input_shapes, input_types)
-    )["params"]
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    params = manager.load_initial_params(path, abstract, jax.tree.map(lambda _: device, abstract))
-    info: dict[str, Any] = {"step": None, "meta": {}}
-    step_dir = _checkpoint_step_dir(path)
-    if step_dir is not None:
-        info["step"] = int(step_dir.name) if step_dir.name.isdigit() else None
-        meta_dir = step_dir / "meta"
-        for candidate in (meta_dir / "metadata", meta_dir):
-            if candidate.is_file():
-                try:
-                    info["meta"] = json.loads(candidate.read_text())
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    pass
-    return params, info
-
-
 # ---- the evaluation -------------------------------------------------------------------------------------------
 @gin.configurable
 def evaluate(
@@ -419,15 +315,32 @@ def evaluate(
     objective = model.objective
     if run_seed is None:
         run_seed = ckpt["meta"].get("seed")
+    trained = training_objective(checkpoint_path)
+    evaluated_with = {"name": objective.name, "lam": objective.lam, "gamma": objective.gamma}
+    if trained is not None:
+        trained = {
+            k: trained.get(k) if trained.get(k) is not None else v
+            for k, v in evaluated_with.items()
+        }
+        if trained != evaluated_with:
+            print(
+                f"warning: the checkpoint was trained with objective {trained} (its config.gin) but the "
+                f"evaluation config has {evaluated_with}; metrics.json records the training objective, and "
+                f"implicit rewards use gamma={objective.gamma}",
+                file=sys.stderr,
+            )
+    else:
+        trained = evaluated_with
     run = {
         "label": run_label,
         "task": task,
         "split": split,
         "checkpoint": str(pathlib.Path(checkpoint_path).absolute()),
         "step": ckpt["step"],
-        "objective": objective.name,
-        "lam": float(objective.lam),
+        "objective": trained["name"],
+        "lam": float(trained["lam"]),
         "gamma": float(objective.gamma),
+        "evaluation_objective": evaluated_with,
         "seed": run_seed,
         "model": type(model).__name__,
         "num_examples": len(examples),
@@ -444,7 +357,7 @@ def evaluate(
         samples_tokens: list[list[np.ndarray]] = []
         decoder_scores: list[list[float | None]] = []
         calc_calls = 0
-        for b, (batch, real) in enumerate(_batches(prompt_features, batch_size)):
+        for b, (batch, real) in enumerate(batches(prompt_features, batch_size)):
             tokens, scores, stats = decode(params, batch, jax.random.fold_in(rng, b))
             for i in range(real):
                 samples_tokens.append([tokens[i, j] for j in range(tokens.shape[1])])
@@ -465,7 +378,7 @@ def evaluate(
                 pairs.append({"inputs": ex["inputs"], "targets": toks})
         sample_features = convert_to_model_features(model, pairs, task_feature_lengths)
         scored: dict[str, list[float]] = {}
-        for batch, real in _batches(sample_features, batch_size * max(setting.num_samples, 1)):
+        for batch, real in batches(sample_features, batch_size * max(setting.num_samples, 1)):
             for k, v in scorer(params, batch).items():
                 scored.setdefault(k, []).extend(np.asarray(v)[:real].tolist())
         records, flat = [], 0
@@ -487,10 +400,10 @@ def evaluate(
                 flat += 1
             records.append(
                 {
-                    "input": _text(
+                    "input": text_of(
                         ex.get("inputs_pretokenized", vocabulary.decode(ex["inputs"].tolist()))
                     ),
-                    "reference": _text(
+                    "reference": text_of(
                         ex.get("targets_pretokenized", vocabulary.decode(ex["targets"].tolist()))
                     ),
                     "samples": rec_samples,

@@ -225,3 +225,18 @@ def test_decoding_settings_and_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=match):
             evaluate.decoding_settings(*args)
+
+
+def test_training_objective_read_from_the_runs_config(tmp_path):
+    from iqlearn_jax.evaluate import training_objective
+
+    step_dir = tmp_path / "run" / "checkpoints" / "40"
+    step_dir.mkdir(parents=True)
+    (tmp_path / "run" / "config.gin").write_text(
+        "IQLEARN_LAMBDA = 0.0\nLAM2 = %IQLEARN_LAMBDA\n# Parameters for objectives.Objective:\n"
+        "objectives.Objective.lam = %LAM2\nobjectives.Objective.name = 'iqlearn'\n"
+    )
+    want = {"name": "iqlearn", "lam": 0.0, "gamma": None}
+    for path in (tmp_path / "run", step_dir.parent, step_dir):
+        assert training_objective(str(path)) == want
+    assert training_objective(str(tmp_path)) is None

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iqlearn_jax.networks import layers
+from iqlearn_jax.networks import masks
 from iqlearn_jax.networks.t5 import (
     T5Config,
     Transformer,
@@ -278,18 +278,18 @@ def test_bfloat16_activations_keep_float32_params_and_logits():
 
 def test_masks_follow_t5x_semantics():
     tokens = jnp.array([[5, 6, 0]])
-    pad = layers.make_attention_mask(tokens > 0, tokens > 0)
+    pad = masks.make_attention_mask(tokens > 0, tokens > 0)
     np.testing.assert_array_equal(pad[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(layers.make_causal_mask(tokens)[0, 0], np.tril(np.ones((3, 3))))
-    seg = layers.make_segment_mask(jnp.array([[1, 1, 2]]), jnp.array([[1, 2, 2]]))
+    np.testing.assert_array_equal(masks.make_causal_mask(tokens)[0, 0], np.tril(np.ones((3, 3))))
+    seg = masks.make_segment_mask(jnp.array([[1, 1, 2]]), jnp.array([[1, 2, 2]]))
     np.testing.assert_array_equal(seg[0, 0], [[1, 0, 0], [1, 0, 0], [0, 1, 1]])
-    prefix = layers.make_decoder_mask(
+    prefix = masks.make_decoder_mask(
         jnp.array([[7, 8, 9, 0]]), decoder_causal_attention=jnp.array([[1, 1, 0, 0]])
     )
     np.testing.assert_array_equal(
         prefix[0, 0], [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]]
     )
-    assert layers.combine_masks(None, None) is None
+    assert masks.combine_masks(None, None) is None
 
 
 @pytest.mark.parametrize(

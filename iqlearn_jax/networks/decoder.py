@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from iqlearn_jax.networks import layers
+from iqlearn_jax.networks import attention as attention_lib
+from iqlearn_jax.networks import layers, masks
 from iqlearn_jax.networks.t5 import resolve_dtype
 
 Array = jax.Array
@@ -131,7 +132,7 @@ class DecoderLayer(nn.Module):
         x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(
             inputs
         )
-        x = layers.MultiHeadDotProductAttention(
+        x = attention_lib.MultiHeadDotProductAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
             dtype=dtype,
@@ -202,14 +203,14 @@ class Decoder(nn.Module):
                 raise ValueError(
                     "decoder_target_tokens (padding mask) is required unless decode=True."
                 )
-            mask = layers.make_decoder_mask(
+            mask = masks.make_decoder_mask(
                 decoder_target_tokens,
                 dtype=dtype,
                 decoder_causal_attention=decoder_causal_attention,
                 decoder_segment_ids=decoder_segment_ids,
             )
         bias_length = max_decode_length if decode and max_decode_length else length
-        rel_emb = layers.RelativePositionBiases(
+        rel_emb = attention_lib.RelativePositionBiases(
             num_buckets=cfg.num_buckets,
             max_distance=cfg.max_distance,
             num_heads=cfg.num_heads,

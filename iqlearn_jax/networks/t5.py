@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from iqlearn_jax.networks import layers
+from iqlearn_jax.networks import attention as attention_lib
+from iqlearn_jax.networks import layers, masks
 
 Array = jax.Array
 
@@ -165,7 +166,7 @@ class EncoderLayer(nn.Module):
         length = inputs.shape[-2]
         bias = self.relative_embedding(length, length, True)
         x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(inputs)
-        x = layers.MultiHeadDotProductAttention(
+        x = attention_lib.MultiHeadDotProductAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_dim,
             dtype=dtype,
@@ -208,8 +209,8 @@ class DecoderLayer(nn.Module):
         length = max_decode_length if decode and max_decode_length else inputs.shape[-2]
         bias = self.relative_embedding(length, length, False)
 
-        def attention(name: str, cross: bool) -> layers.MultiHeadDotProductAttention:
-            return layers.MultiHeadDotProductAttention(
+        def attention(name: str, cross: bool) -> attention_lib.MultiHeadDotProductAttention:
+            return attention_lib.MultiHeadDotProductAttention(
                 num_heads=cfg.num_heads,
                 head_dim=cfg.head_dim,
                 dtype=dtype,
@@ -246,8 +247,8 @@ class DecoderLayer(nn.Module):
         return _constrain(_dropout(cfg, z, deterministic) + y)
 
 
-def _relpos(cfg: T5Config) -> layers.RelativePositionBiases:
-    return layers.RelativePositionBiases(
+def _relpos(cfg: T5Config) -> attention_lib.RelativePositionBiases:
+    return attention_lib.RelativePositionBiases(
         num_buckets=cfg.num_buckets,
         max_distance=cfg.max_distance,
         num_heads=cfg.num_heads,
@@ -366,13 +367,13 @@ class Transformer(nn.Module):
         (packing) attention stays within a segment.
         """
         dtype = self.config.activation_dtype
-        mask = layers.make_attention_mask(
+        mask = masks.make_attention_mask(
             encoder_input_tokens > 0, encoder_input_tokens > 0, dtype=dtype
         )
         if encoder_segment_ids is not None:
-            mask = layers.combine_masks(
+            mask = masks.combine_masks(
                 mask,
-                layers.make_segment_mask(encoder_segment_ids, encoder_segment_ids),
+                masks.make_segment_mask(encoder_segment_ids, encoder_segment_ids),
                 dtype=dtype,
             )
         return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
@@ -407,14 +408,14 @@ class Transformer(nn.Module):
                     f"decoder_segment_ids={decoder_segment_ids is not None}."
                 )
             decoder_mask = None
-            encoder_decoder_mask = layers.make_attention_mask(
+            encoder_decoder_mask = masks.make_attention_mask(
                 jnp.ones_like(decoder_target_tokens), encoder_input_tokens > 0, dtype=dtype
             )
         else:
-            decoder_mask = layers.make_decoder_mask(
+            decoder_mask = masks.make_decoder_mask(
                 decoder_target_tokens, dtype=dtype, decoder_segment_ids=decoder_segment_ids
             )
-            encoder_decoder_mask = layers.make_attention_mask(
+            encoder_decoder_mask = masks.make_attention_mask(
                 decoder_target_tokens > 0, encoder_input_tokens > 0, dtype=dtype
             )
             if encoder_segment_ids is not None:
@@ -423,9 +424,9 @@ class Transformer(nn.Module):
                         "encoder_segment_ids given without decoder_segment_ids; packed "
                         "encoder-decoder batches need both."
                     )
-                encoder_decoder_mask = layers.combine_masks(
+                encoder_decoder_mask = masks.combine_masks(
                     encoder_decoder_mask,
-                    layers.make_segment_mask(decoder_segment_ids, encoder_segment_ids),
+                    masks.make_segment_mask(decoder_segment_ids, encoder_segment_ids),
                     dtype=dtype,
                 )
         return self.decoder(

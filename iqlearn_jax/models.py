@@ -29,9 +29,15 @@ import jax
 import jax.numpy as jnp
 import seqio
 from flax import linen as nn
-from flax import struct
 
-from iqlearn_jax import decoding, losses
+from iqlearn_jax import decoding
+from iqlearn_jax.model_base import (  # noqa: F401  (DecodingState is part of this module's API)
+    BaseTransformerModel,
+    DecodingState,
+    advance_state,
+    check_features,
+    loss_weights,
+)
 from iqlearn_jax.networks.decoder import prefill_cache
 from iqlearn_jax.objectives import Objective
 
@@ -46,189 +52,6 @@ temperature_sample = gin.external_configurable(
     decoding.temperature_sample, module="iqlearn_jax.decoding"
 )
 beam_search = gin.external_configurable(decoding.beam_search, module="iqlearn_jax.decoding")
-
-
-@struct.dataclass
-class DecodingState:
-    """Where a step-wise decode stands. All rows share one cache position.
-
-    Attributes:
-      cache: the network's "cache" collection for `rows` = batch * num_decodes rows.
-      logits: [rows, vocab] float32 logits of the next token.
-      position: int32 scalar, number of cache slots filled (the next token is written there).
-      extras: model-specific constants (encoded inputs for encoder-decoder models).
-      max_length: cache length (static); `advance_decoding` beyond it is refused.
-    """
-
-    cache: PyTree
-    logits: Array
-    position: Array
-    extras: dict[str, Array]
-    max_length: int = struct.field(pytree_node=False)
-
-
-def _weights(batch: Batch) -> Array:
-    if "decoder_loss_weights" in batch:
-        return batch["decoder_loss_weights"]
-    return (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
-
-
-def _check_features(batch: Batch, required: tuple[str, ...], model: str) -> None:
-    missing = [name for name in required if name not in batch]
-    if missing:
-        raise ValueError(f"{model} batch lacks feature(s) {missing}; got {sorted(batch)}")
-
-
-class BaseTransformerModel:
-    """Shared logic: objective application, scoring, decoding plumbing. Subclasses supply the network calls."""
-
-    FEATURE_CONVERTER_CLS: type[seqio.FeatureConverter]
-    _REQUIRED: tuple[str, ...] = ("decoder_input_tokens", "decoder_target_tokens")
-
-    def __init__(
-        self,
-        module: nn.Module,
-        objective: Objective | None = None,
-        input_vocabulary: seqio.Vocabulary | None = None,
-        output_vocabulary: seqio.Vocabulary | None = None,
-        decode_fn: DecodeFn | None = None,
-        feature_converter_cls: type[seqio.FeatureConverter] | None = None,
-    ):
-        self.module = module
-        self.objective = Objective() if objective is None else objective
-        if not isinstance(self.objective, Objective):
-            raise ValueError(
-                f"objective must be an iqlearn_jax.objectives.Objective, got {objective!r}"
-            )
-        self._input_vocabulary = input_vocabulary
-        self._output_vocabulary = output_vocabulary
-        self._decode_fn = decode_fn
-        if feature_converter_cls is not None:
-            self.FEATURE_CONVERTER_CLS = feature_converter_cls
-
-    @property
-    def input_vocabulary(self) -> seqio.Vocabulary | None:
-        return self._input_vocabulary
-
-    @property
-    def output_vocabulary(self) -> seqio.Vocabulary | None:
-        return self._output_vocabulary
-
-    @property
-    def decode_fn(self) -> DecodeFn:
-        return self._decode_fn
-
-    @property
-    def eos_id(self) -> int:
-        vocab = self._output_vocabulary
-        return int(vocab.eos_id) if vocab is not None else int(self.objective.eos_id)
-
-    # ---- to be provided by subclasses ----------------------------------------------------------------------
-
-    def _compute_logits(
-        self, params: PyTree, batch: Batch, dropout_rng: Array | None = None
-    ) -> Array:
-        raise NotImplementedError
-
-    # ---- training / evaluation ---------------------------------------------------------------------------
-
-    def loss_fn(
-        self,
-        params: PyTree,
-        batch: Batch,
-        dropout_rng: Array | None,
-        step: Array | int | None = None,
-    ) -> tuple[Array, dict[str, Array]]:
-        """Objective on one batch: (scalar loss, dict of float32 scalar metrics).
-
-        Logits are computed once (dropout on when `dropout_rng` is given); `step` drives the λ warm-up.
-        """
-        _check_features(batch, self._REQUIRED, type(self).__name__)
-        logits = self._compute_logits(params, batch, dropout_rng)
-        return self.objective(
-            logits,
-            batch["decoder_target_tokens"],
-            _weights(batch),
-            segment_ids=batch.get("decoder_segment_ids"),
-            step=step,
-        )
-
-    def eval_fn(self, params: PyTree, batch: Batch) -> tuple[Array, dict[str, Array]]:
-        """`loss_fn` without dropout, with λ after warm-up."""
-        return self.loss_fn(params, batch, dropout_rng=None, step=None)
-
-    def score_batch(
-        self, params: PyTree, batch: Batch, return_intermediates: bool = False
-    ) -> Array | tuple[Array, dict[str, Array]]:
-        """Sequence log-likelihood Σ_t w_t log π(y_t | s_t): float32 [batch].
-
-        With `return_intermediates`, also a dict of [batch, length] float32 arrays:
-          token_log_probs  log π(y_t | s_t) · w_t
-          values           V(s_t) = logsumexp(logits_t) (padded vocabulary rows masked if the objective says so)
-          rewards          implicit rewards r_t = Q(s_t, y_t) − γ V(s_{t+1}) (γ of the objective), 0 where undefined
-          td_mask          1 where r_t is defined (losses.implicit_rewards)
-          sequence_rewards [batch] Σ_t td_mask·r_t (with γ = 1 this is log π(y|x) + V(s_0) on complete sequences)
-          loss_weights, target_tokens (copied from the batch)
-        """
-        _check_features(batch, self._REQUIRED, type(self).__name__)
-        logits = self._compute_logits(params, batch, dropout_rng=None).astype(jnp.float32)
-        valid = self.objective.valid_vocab_size
-        if valid is not None and valid < logits.shape[-1]:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < valid, logits, decoding.NEG_INF)
-        targets = batch["decoder_target_tokens"]
-        weights = _weights(batch).astype(jnp.float32)
-        values = jax.nn.logsumexp(logits, axis=-1)
-        chosen = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        token_log_probs = (chosen - values) * weights
-        sequence_scores = token_log_probs.sum(-1)
-        if not return_intermediates:
-            return sequence_scores
-        rewards, td_mask = losses.implicit_rewards(
-            logits,
-            targets,
-            weights,
-            gamma=self.objective.gamma,
-            eos_id=self.objective.eos_id,
-            segment_ids=batch.get("decoder_segment_ids"),
-        )
-        return sequence_scores, {
-            "token_log_probs": token_log_probs,
-            "values": values,
-            "rewards": rewards,
-            "td_mask": td_mask,
-            "sequence_rewards": jnp.sum(rewards * td_mask, axis=-1),
-            "loss_weights": weights,
-            "target_tokens": targets,
-        }
-
-    # ---- decoding ------------------------------------------------------------------------------------------
-
-    def _run_decode_fn(
-        self,
-        inputs: Array,
-        cache: PyTree,
-        tokens_to_logits: decoding.TokensToLogits,
-        rng: Array | None,
-        decoder_params: Mapping[str, Any] | None,
-        num_decodes: int,
-        **kwargs,
-    ) -> tuple[Array, Array]:
-        decoder_params = dict(decoder_params or {})
-        if "decode_rng" in decoder_params and rng is not None:
-            raise ValueError(
-                "pass the decoding rng either as rng= or as decoder_params['decode_rng'], not both"
-            )
-        if rng is not None:
-            decoder_params["decode_rng"] = rng
-        return self.decode_fn(
-            inputs=inputs,
-            cache=cache,
-            tokens_to_logits=tokens_to_logits,
-            eos_id=self.eos_id,
-            num_decodes=num_decodes,
-            **kwargs,
-            **decoder_params,
-        )
 
 
 @gin.configurable
@@ -265,7 +88,7 @@ class EncoderDecoderModel(BaseTransformerModel):
                 return None
             return jnp.ones(input_shapes[name], types.get(name, jnp.int32))
 
-        _check_features(
+        check_features(
             input_shapes, ("encoder_input_tokens", "decoder_input_tokens"), "input_shapes"
         )
         variables = self.module.init(
@@ -327,7 +150,7 @@ class EncoderDecoderModel(BaseTransformerModel):
     def _setup_decoding(
         self, params: PyTree, batch: Batch, num_decodes: int
     ) -> tuple[PyTree, dict[str, Array], int]:
-        _check_features(
+        check_features(
             batch, ("encoder_input_tokens", "decoder_input_tokens"), "EncoderDecoderModel"
         )
         inputs = batch["encoder_input_tokens"]
@@ -397,8 +220,8 @@ class EncoderDecoderModel(BaseTransformerModel):
     def advance_decoding(
         self, params: PyTree, state: DecodingState, tokens: Array
     ) -> DecodingState:
-        """Feed `tokens` ([rows] or [rows, n]) through the cache; see `_advance`."""
-        return _advance(self._tokens_to_logits, params, state, tokens)
+        """Feed `tokens` ([rows] or [rows, n]) through the cache; see `advance_state`."""
+        return advance_state(self._tokens_to_logits, params, state, tokens)
 
 
 @gin.configurable
@@ -446,7 +269,7 @@ class DecoderOnlyModel(BaseTransformerModel):
         input_types: Mapping[str, jnp.dtype] | None = None,
     ) -> dict[str, PyTree]:
         """Initial 'params' and 'params_axes' (logical axis names of every parameter)."""
-        _check_features(input_shapes, ("decoder_input_tokens",), "input_shapes")
+        check_features(input_shapes, ("decoder_input_tokens",), "input_shapes")
         shape = input_shapes["decoder_input_tokens"]
         dtype = dict(input_types or {}).get("decoder_input_tokens", jnp.int32)
         variables = self.module.init(
@@ -502,7 +325,7 @@ class DecoderOnlyModel(BaseTransformerModel):
         )
 
     def _prefill(self, params: PyTree, batch: Batch) -> tuple[PyTree, Array, Array]:
-        _check_features(batch, ("decoder_input_tokens",), "DecoderOnlyModel")
+        check_features(batch, ("decoder_input_tokens",), "DecoderOnlyModel")
         return prefill_cache(
             self.module,
             params,
@@ -565,44 +388,5 @@ class DecoderOnlyModel(BaseTransformerModel):
     def advance_decoding(
         self, params: PyTree, state: DecodingState, tokens: Array
     ) -> DecodingState:
-        """Feed `tokens` ([rows] or [rows, n]) through the cache; see `_advance`."""
-        return _advance(self._tokens_to_logits, params, state, tokens)
-
-
-def _advance(
-    tokens_to_logits: Callable[..., tuple[Array, PyTree]],
-    params: PyTree,
-    state: DecodingState,
-    tokens: Array,
-) -> DecodingState:
-    """Feed `tokens` [rows] or [rows, n] (one position per column, all rows together) through the cache.
-
-    Returns the state whose `logits` are those following the last fed token and whose `position` grew by n.
-    Sampled and forced tokens (e.g. the calculator's `result>>`) go through the same call. Feeding past the cache
-    length is refused when the position is known (outside jit); inside jit, keep position + n <= max_length.
-    """
-    tokens = jnp.asarray(tokens, jnp.int32)
-    if tokens.ndim == 1:
-        tokens = tokens[:, None]
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [rows] or [rows, n], got shape {tokens.shape}")
-    n = tokens.shape[1]
-    try:
-        position = int(state.position)
-    except jax.errors.ConcretizationTypeError:  # traced: the caller keeps within the cache
-        position = None
-    if position is not None:
-        if position + n > state.max_length:
-            raise ValueError(
-                f"cannot feed {n} token(s) at position {position}: the cache holds {state.max_length} positions"
-            )
-    step = functools.partial(
-        tokens_to_logits, params=params, extras=state.extras, max_length=state.max_length
-    )
-
-    def body(cache, column):
-        logits, cache = step(column[:, None], cache)
-        return cache, logits.astype(jnp.float32)
-
-    cache, logits = jax.lax.scan(body, state.cache, tokens.T)
-    return state.replace(cache=cache, logits=logits[-1], position=state.position + n)
+        """Feed `tokens` ([rows] or [rows, n]) through the cache; see `advance_state`."""
+        return advance_state(self._tokens_to_logits, params, state, tokens)

@@ -23,7 +23,6 @@ if (
 
     sys.exit(console_main())
 
-import copy
 import dataclasses
 import json
 import math
@@ -159,14 +158,6 @@ class _Progress:
 
 
 # ---- decoding and scoring -------------------------------------------------------------------------------------
-def _with_decode_fn(model: Any, decode_fn: Any) -> Any:
-    """A shallow copy of ``model`` decoding with ``decode_fn`` (the models keep T5X's ``decode_fn`` argument in
-    ``_decode_fn``), so one checkpoint can be decoded by sampling and by beam search."""
-    clone = copy.copy(model)
-    clone._decode_fn = decode_fn
-    return clone
-
-
 def make_decoder(
     model: Any, setting: DecodingSetting, vocabulary: seqio.Vocabulary, max_decode_len: int
 ):
@@ -192,11 +183,11 @@ def make_decoder(
 
         return run_calc
     if setting.method == "beam":
-        clone = _with_decode_fn(model, decoding.beam_search)
+        clone = model.with_decode_fn(decoding.beam_search)
         decoder_params = {"alpha": setting.length_penalty, "max_decode_len": max_decode_len}
         num_decodes = setting.beam_size
     else:
-        clone = _with_decode_fn(model, decoding.temperature_sample)
+        clone = model.with_decode_fn(decoding.temperature_sample)
         decoder_params = {
             "temperature": setting.temperature,
             "topk": setting.topk,
@@ -229,20 +220,15 @@ def make_decoder(
 def make_scorer(model: Any):
     """Jitted ``score(params, batch) -> dict`` of per-row log_likelihood, summed_reward, length, mean_entropy.
 
-    The entropy is the model's predictive entropy H_t = V(s_t) − Σ_a π(a|s_t) ℓ_t[a] (nats) averaged over the
-    row's weighted (generated) positions, from the same logits ``score_batch`` uses.
+    The entropy is the model's predictive entropy H_t = −Σ_a π(a|s_t) log π(a|s_t) (nats, `score_batch`'s
+    `entropies`) averaged over the row's weighted (generated) positions.
     """
 
     @jax.jit
     def score(params, batch):
         log_likelihood, inter = model.score_batch(params, batch, return_intermediates=True)
         weights = inter["loss_weights"]
-        logits = model._compute_logits(params, batch).astype(jnp.float32)
-        valid = model.objective.valid_vocab_size
-        if valid is not None and valid < logits.shape[-1]:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < valid, logits, decoding.NEG_INF)
-        probs = jax.nn.softmax(logits, axis=-1)
-        entropy = jax.nn.logsumexp(logits, axis=-1) - jnp.sum(probs * logits, axis=-1)
+        entropy = inter["entropies"]
         length = weights.sum(-1)
         return {
             "log_likelihood": log_likelihood,

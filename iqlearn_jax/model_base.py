@@ -6,6 +6,7 @@ their network. Nothing here is jitted: callers jit (the trainer jits `loss_fn` w
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -95,6 +96,12 @@ class BaseTransformerModel:
     def decode_fn(self) -> DecodeFn:
         return self._decode_fn
 
+    def with_decode_fn(self, decode_fn: DecodeFn) -> BaseTransformerModel:
+        """A shallow copy of this model that decodes with `decode_fn` (e.g. beam search instead of sampling)."""
+        clone = copy.copy(self)
+        clone._decode_fn = decode_fn
+        return clone
+
     @property
     def eos_id(self) -> int:
         vocab = self._output_vocabulary
@@ -142,6 +149,7 @@ class BaseTransformerModel:
         With `return_intermediates`, also a dict of [batch, length] float32 arrays:
           token_log_probs  log π(y_t | s_t) · w_t
           values           V(s_t) = logsumexp(logits_t) (padded vocabulary rows masked if the objective says so)
+          entropies        H(π(·|s_t)) in nats, the policy's predictive entropy at every position
           rewards          implicit rewards r_t = Q(s_t, y_t) − γ V(s_{t+1}) (γ of the objective), 0 where undefined
           td_mask          1 where r_t is defined (losses.implicit_rewards)
           sequence_rewards [batch] Σ_t td_mask·r_t (with γ = 1 this is log π(y|x) + V(s_0) on complete sequences)
@@ -160,6 +168,8 @@ class BaseTransformerModel:
         sequence_scores = token_log_probs.sum(-1)
         if not return_intermediates:
             return sequence_scores
+        log_policy = logits - values[..., None]
+        entropies = -jnp.sum(jnp.exp(log_policy) * log_policy, axis=-1)
         rewards, td_mask = losses.implicit_rewards(
             logits,
             targets,
@@ -171,6 +181,7 @@ class BaseTransformerModel:
         return sequence_scores, {
             "token_log_probs": token_log_probs,
             "values": values,
+            "entropies": entropies,
             "rewards": rewards,
             "td_mask": td_mask,
             "sequence_rewards": jnp.sum(rewards * td_mask, axis=-1),

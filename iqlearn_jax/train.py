@@ -31,8 +31,6 @@ os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "2"
 )  # before TensorFlow (via SeqIO) is first imported
 
-import dataclasses
-import json
 import pathlib
 import signal
 import sys
@@ -48,6 +46,13 @@ from absl import flags, logging
 
 from iqlearn_jax import optimizers, trainer
 from iqlearn_jax.checkpoints import manager as ckpt_lib
+from iqlearn_jax.observability import (
+    MetricsLogger,
+    NonFiniteLossError,
+    ProgressMeter,
+    TrainResult,
+    check_finite,
+)
 from iqlearn_jax.partitioning import Partitioner, global_to_host, maybe_initialize_distributed
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin files to parse, in order")
@@ -59,10 +64,6 @@ _GIN_SEARCH_PATHS = flags.DEFINE_list(
 
 class ConfigError(ValueError):
     """Bad user input (configuration, task, MODEL_DIR, initial checkpoint): exit status 2."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A NaN/Inf loss or gradient norm: training stops, that state is never checkpointed."""
 
 
 def default_gin_search_paths() -> list[str]:
@@ -200,55 +201,6 @@ def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
     return n * jax.process_count()
 
 
-# ---- observability --------------------------------------------------------------------------------------------
-class MetricsLogger:
-    """metrics.jsonl + clu TensorBoard writers (process 0 only)."""
-
-    def __init__(self, model_dir: pathlib.Path) -> None:
-        from clu import metric_writers
-
-        self.enabled = jax.process_index() == 0
-        self.jsonl = model_dir / "metrics.jsonl"
-        self.tb_dir = model_dir / "tensorboard"
-        self.writers = {
-            split: metric_writers.create_default_writer(
-                str(self.tb_dir / split), just_logging=not self.enabled, asynchronous=False
-            )
-            for split in ("train", "validation")
-        }
-
-    def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
-        scalars = {k: float(v) for k, v in scalars.items()}
-        self.writers[split].write_scalars(step, scalars)
-        self.writers[split].flush()
-        if self.enabled:
-            with open(self.jsonl, "a") as f:
-                f.write(
-                    json.dumps({"step": step, "split": split, "time": time.time(), **scalars})
-                    + "\n"
-                )
-
-    def close(self) -> None:
-        for w in self.writers.values():
-            w.close()
-
-
-def _format_eta(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _check_finite(step: int, metrics: Mapping[str, float]) -> None:
-    bad = {
-        k: metrics[k] for k in ("loss", "grad_norm") if k in metrics and not np.isfinite(metrics[k])
-    }
-    if bad:
-        raise NonFiniteLossError(
-            f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}; "
-            "training stopped and this state was not checkpointed"
-        )
-
-
 def _check_model_dir(model_dir: str) -> pathlib.Path:
     path = pathlib.Path(model_dir).expanduser().absolute()
     if path.exists() and not path.is_dir():
@@ -261,42 +213,6 @@ def _check_model_dir(model_dir: str) -> pathlib.Path:
     except OSError as e:
         raise ConfigError(f"MODEL_DIR {str(path)!r} is not writable: {e.strerror or e}") from e
     return path
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What `train` returns (and prints as the closing summary)."""
-
-    model_dir: str
-    start_step: int
-    final_step: int
-    preempted: bool
-    train_metrics: dict[str, float]
-    validation_metrics: dict[str, float]
-    checkpoint_dir: str | None
-    tensorboard_dir: str
-    wall_seconds: float
-
-    def summary(self) -> str:
-        def fmt(m: Mapping[str, float]) -> str:
-            if not m:
-                return "n/a"
-            acc = m.get("accuracy")
-            acc_text = f", token accuracy {100 * acc:.1f}%" if acc is not None else ""
-            return f"loss {m.get('loss', float('nan')):.4f}{acc_text}"
-
-        lines = [
-            "==== iqlearn_jax training summary ====",
-            f"steps: {self.start_step} -> {self.final_step}"
-            + (" (stopped by SIGTERM)" if self.preempted else "")
-            + f" in {self.wall_seconds:.0f}s",
-            f"final train:      {fmt(self.train_metrics)}",
-            f"final validation: {fmt(self.validation_metrics)}",
-            f"checkpoint:       {self.checkpoint_dir}",
-            f"TensorBoard:      tensorboard --logdir {self.tensorboard_dir}",
-            f"metrics:          {pathlib.Path(self.model_dir) / 'metrics.jsonl'}",
-        ]
-        return "\n".join(lines)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
@@ -477,55 +393,37 @@ def train(
         return out
 
     start_step = step = int(jax.device_get(state.step))
-    window: dict[str, list[float]] = {}
+    meter = ProgressMeter(train_steps)
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
-    window_tokens, window_t0, window_steps = 0, time.time(), 0
-    stopped_early = False
+    stop = None  # "sigterm" | "requested" | None
     try:
         while step < train_steps:
             local = next(train_iter)
             batches_consumed += 1
-            window_tokens += _count_tokens(local)
             state, metrics = step_fn(state, partitioner.shard_batch(local))
             step += 1
-            window_steps += 1
             host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(step, host_metrics)
-            for k, v in host_metrics.items():
-                window.setdefault(k, []).append(v)
-            sync = multihost_preemption(step) if jax.process_count() > 1 else preempted["flag"]
-            if step % log_period == 0 or step == train_steps or sync:
-                elapsed = max(time.time() - window_t0, 1e-9)
-                last_train = {k: float(np.mean(v)) for k, v in window.items()}
-                rate = window_steps / elapsed
-                logger.write(
-                    step,
-                    "train",
-                    {
-                        **last_train,
-                        "steps_per_second": rate,
-                        "tokens_per_second": window_tokens / elapsed,
-                    },
-                )
+            check_finite(step, host_metrics)  # before anything can checkpoint this state
+            meter.add(host_metrics, _count_tokens(local))
+            if multihost_preemption(step) if jax.process_count() > 1 else preempted["flag"]:
+                stop = "sigterm"
+            if step % log_period == 0 or step == train_steps or stop:
+                last_train, line = meter.flush(step)
+                logger.write(step, "train", last_train)
                 if jax.process_index() == 0:
-                    print(
-                        f"step {step:>6d}/{train_steps} | loss {last_train['loss']:.4f} | {rate:6.2f} steps/s | "
-                        f"{window_tokens / elapsed:9.0f} tokens/s | ETA {_format_eta((train_steps - step) / rate)}",
-                        flush=True,
-                    )
-                window, window_tokens, window_t0, window_steps = {}, 0, time.time(), 0
+                    print(line, flush=True)
             if step % eval_period == 0 and step != train_steps:
                 last_eval = evaluate(step)
-            if step % checkpoint_period == 0 or sync:
+            if step % checkpoint_period == 0 or stop:
                 ckpt.save(state, _meta(batches_consumed, mixture_or_task_name, batch_size, seed))
-            if sync:
+            if stop:
                 logging.warning("stopping at step %d after SIGTERM (checkpoint saved)", step)
                 break
             if stop_after_steps is not None and step - start_step >= stop_after_steps:
-                stopped_early = True
+                stop = "requested"
                 break
-        if not preempted["flag"] and not stopped_early:
+        if stop is None:
             last_eval = evaluate(step)
             ckpt.save(state, _meta(batches_consumed, mixture_or_task_name, batch_size, seed))
         ckpt.wait()
@@ -540,7 +438,7 @@ def train(
         model_dir=str(model_dir_path),
         start_step=start_step,
         final_step=step,
-        preempted=preempted["flag"],
+        preempted=stop == "sigterm",
         train_metrics=last_train,
         validation_metrics=last_eval,
         checkpoint_dir=str(ckpt.directory / str(latest)) if latest is not None else None,

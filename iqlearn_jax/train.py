@@ -485,9 +485,12 @@ _QUIET_INFO_SOURCES = ("/orbax/", "/seqio/", "/clu/", "xla_bridge.py")
 
 
 def _quiet_info(record: Any) -> bool:
-    """Drops INFO chatter of orbax/seqio/clu from the console; warnings and errors stay."""
+    """Drops INFO chatter of orbax/seqio/clu from the console; warnings and errors stay, except SeqIO's
+    "uncached FunctionDataset" advice (the loop restores its data position by skipping, not by reshuffling)."""
     import logging as py_logging
 
+    if str(record.msg).startswith("Using an uncached FunctionDataset"):
+        return False
     return record.levelno > py_logging.INFO or not any(
         s in record.pathname for s in _QUIET_INFO_SOURCES
     )

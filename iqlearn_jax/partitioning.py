@@ -320,6 +320,14 @@ def put_tree(tree: Any, shardings: Any) -> Any:
     )
 
 
+def replicated_to_host(tree: Any) -> Any:
+    """Numpy copy of replicated jax.Arrays (metrics, step); unlike jax.device_get it also works on multi-host."""
+    return jax.tree.map(
+        lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x),
+        tree,
+    )
+
+
 def global_to_host(tree: Any) -> Any:
     """Fully replicated numpy copy of a tree of (possibly sharded, multi-host) jax.Arrays."""
     from jax.experimental import multihost_utils

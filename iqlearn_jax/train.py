@@ -16,9 +16,8 @@ MODEL_DIR receives: checkpoints/<step>/ (Orbax), tensorboard/{train,validation}/
 
 from __future__ import annotations
 
-if (
-    __name__ == "__main__"
-):  # `python -m iqlearn_jax.train`: run the importable module, so gin binds one copy.
+# `python -m iqlearn_jax.train`: run the importable module instead, so gin binds to one copy of `train`.
+if __name__ == "__main__":
     import sys
 
     from iqlearn_jax.train import console_main
@@ -27,10 +26,10 @@ if (
 
 import os
 
-os.environ.setdefault(
-    "TF_CPP_MIN_LOG_LEVEL", "2"
-)  # before TensorFlow (via SeqIO) is first imported
+# Before TensorFlow (via SeqIO) is first imported.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import dataclasses
 import pathlib
 import signal
 import sys
@@ -53,7 +52,7 @@ from iqlearn_jax.observability import (
     TrainResult,
     check_finite,
 )
-from iqlearn_jax.partitioning import Partitioner, global_to_host, maybe_initialize_distributed
+from iqlearn_jax.partitioning import Partitioner, maybe_initialize_distributed, replicated_to_host
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin files to parse, in order")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "individual gin bindings")
@@ -216,7 +215,26 @@ def _check_model_dir(model_dir: str) -> pathlib.Path:
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
-@gin.configurable(denylist=["stop_after_steps"])
+@dataclasses.dataclass
+class TrainComponents:
+    """What `train(build_only=True)` returns: the gin-configured pieces of the step, nothing materialised.
+
+    `step_fn.lower(abstract_state, abstract_batch).compile()` compiles THE train step (iqlearn_jax.aot).
+    """
+
+    model: Any
+    optimizer: Any
+    learning_rate_fn: Any
+    partitioner: Partitioner
+    feature_shapes: dict[str, tuple[tuple[int, ...], Any]]
+    num_microbatches: int
+    abstract_state: trainer.TrainState
+    state_shardings: trainer.TrainState
+    abstract_batch: dict[str, jax.ShapeDtypeStruct]
+    step_fn: trainer.PartitionedStep
+
+
+@gin.configurable(denylist=["stop_after_steps", "build_only"])
 def train(
     *,
     model: Any = gin.REQUIRED,
@@ -243,7 +261,8 @@ def train(
     pack: bool = False,
     print_summary: bool = True,
     stop_after_steps: int | None = None,
-) -> TrainResult:
+    build_only: bool = False,
+) -> TrainResult | TrainComponents:
     """Trains `model` on a SeqIO task, resuming from MODEL_DIR's newest complete checkpoint when there is one.
 
     Args:
@@ -263,6 +282,8 @@ def train(
       initial_checkpoint_path / initial_checkpoint_format: params to start from ('auto', 'orbax', 't5x', 'hf')
         when MODEL_DIR has no checkpoint yet.
       stop_after_steps: (tests) return after this many steps of this invocation, without the final save.
+      build_only: return the `TrainComponents` (model, optimizer, partitioner, abstract state, shardings, the
+        jitted step) without data, parameters or MODEL_DIR; pass `partitioner=` to build for other devices.
     """
     t_start = time.time()
     model = _required("model", model)
@@ -281,7 +302,8 @@ def train(
         if value < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {value}")
     _check_task(mixture_or_task_name)
-    model_dir_path = _check_model_dir(_required("model_dir", model_dir))
+    if not build_only:
+        model_dir_path = _check_model_dir(_required("model_dir", model_dir))
     partitioner = partitioner or Partitioner()
     try:
         local_batch = partitioner.local_batch_size(batch_size)
@@ -297,6 +319,14 @@ def train(
     abstract_state, shardings = trainer.abstract_train_state(
         model, optimizer, partitioner, shapes, seed
     )
+    step_fn = trainer.build_train_step(
+        model, optimizer, partitioner, shardings, num_microbatches, learning_rate_fn
+    )
+    if build_only:
+        return TrainComponents(
+            model, optimizer, learning_rate_fn, partitioner, shapes, num_microbatches,
+            abstract_state, shardings, trainer.abstract_batch(shapes, partitioner), step_fn,
+        )  # fmt: skip
     has_checkpoint = any(
         c.name.isdigit() for c in (model_dir_path / ckpt_lib.CHECKPOINTS_SUBDIR).glob("*")
     )
@@ -320,14 +350,14 @@ def train(
     if restored is not None:
         state, meta = restored
         batches_consumed = int(meta.get("batches_consumed", 0))
-        logging.info("resuming at step %d (%d batches consumed)", int(state.step), batches_consumed)
+        logging.info("resuming (%d batches consumed)", batches_consumed)
     else:
         state = trainer.init_train_state(model, optimizer, partitioner, shapes, seed, shardings)
         if initial_params is not None:
             state = state.replace(params=initial_params)
             logging.info("initial params from %s", initial_checkpoint_path)
         batches_consumed = 0
-    _write_config(model_dir_path, int(state.step))
+    _write_config(model_dir_path, int(replicated_to_host(state.step)))
 
     train_ds = get_dataset(
         model,
@@ -343,9 +373,6 @@ def train(
     ).skip(batches_consumed)
     train_iter = train_ds.prefetch(2).as_numpy_iterator()
     eval_data = None
-    step_fn = trainer.build_train_step(
-        model, optimizer, partitioner, shardings, num_microbatches, learning_rate_fn
-    )
     eval_fn = trainer.build_eval_step(model, partitioner, shardings.params)
     logger = MetricsLogger(model_dir_path)
 
@@ -383,7 +410,7 @@ def train(
                 )
         sums: dict[str, float] = {}
         for local in eval_data:
-            m = global_to_host(eval_fn(state.params, partitioner.shard_batch(local)))
+            m = replicated_to_host(eval_fn(state.params, partitioner.shard_batch(local)))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         out = {k: v / len(eval_data) for k, v in sums.items()} if eval_data else {}
@@ -392,7 +419,7 @@ def train(
             print(f"step {step:>6d} | validation loss {out['loss']:.4f}", flush=True)
         return out
 
-    start_step = step = int(jax.device_get(state.step))
+    start_step = step = int(replicated_to_host(state.step))
     meter = ProgressMeter(train_steps)
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
@@ -403,7 +430,7 @@ def train(
             batches_consumed += 1
             state, metrics = step_fn(state, partitioner.shard_batch(local))
             step += 1
-            host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            host_metrics = {k: float(v) for k, v in replicated_to_host(metrics).items()}
             check_finite(step, host_metrics)  # before anything can checkpoint this state
             meter.add(host_metrics, _count_tokens(local))
             if multihost_preemption(step) if jax.process_count() > 1 else preempted["flag"]:

@@ -153,3 +153,24 @@ def test_schedules():
     assert float(optimizers.constant(3e-4)(123)) == pytest.approx(3e-4)
     with pytest.raises(ValueError, match="clip_norm"):
         optimizers.adamw(1e-3, clip_norm=0.0)
+
+
+def test_build_only_gives_the_step_for_aot_without_touching_anything(tmp_path):
+    """train(build_only=True): gin-configured model/optimizer/mesh, abstract state, THE jitted step."""
+    import jax
+
+    from iqlearn_jax.partitioning import Partitioner
+
+    gin.clear_config()
+    try:
+        train_lib.parse_gin(
+            ["runs/quickstart.gin"], [f"MODEL_DIR = '{tmp_path / 'never'}'", "BATCH_SIZE = 8"]
+        )
+        parts = train_lib.train(build_only=True, partitioner=Partitioner(mesh_shape=(4, 2)))
+    finally:
+        gin.clear_config()
+    assert not (tmp_path / "never").exists()
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(parts.abstract_state))
+    assert parts.abstract_batch["decoder_target_tokens"].shape == (8, 80)
+    compiled = parts.step_fn.lower(parts.abstract_state, parts.abstract_batch).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes > 0

@@ -25,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from iqlearn_jax.partitioning import replicated_to_host
+
 CHECKPOINTS_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "checkpoints_damaged"
 
@@ -65,7 +67,7 @@ class TrainCheckpointManager:
 
     def save(self, state: Any, meta: Mapping[str, Any]) -> None:
         """Saves at `state.step` (a no-op if that step is already saved). Asynchronous when enabled."""
-        step = int(jax.device_get(state.step))
+        step = int(replicated_to_host(state.step))
         if step in self._manager.all_steps():
             return
         self._manager.save(
@@ -103,7 +105,7 @@ class TrainCheckpointManager:
                 )
                 state = flax.serialization.from_state_dict(abstract_state, restored["state"])
                 meta = dict(restored["meta"])
-                if int(jax.device_get(state.step)) != step:
+                if int(replicated_to_host(state.step)) != step:
                     raise ValueError(
                         f"state.step={int(state.step)} differs from directory step {step}"
                     )

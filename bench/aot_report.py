@@ -102,8 +102,8 @@ def build_table() -> str:
                     continue
                 mesh = f"{r['mesh_shape']['data']}×{r['mesh_shape']['model']}"
                 if mle and "total_bytes" in mle:
-                    mem_ratio = f"{r['total_bytes'] / mle['total_bytes']:.3f}"
-                    flop_ratio = f"{r['flops'] / mle['flops']:.3f}"
+                    mem_ratio = f"{r['total_bytes'] / mle['total_bytes']:.4f}"
+                    flop_ratio = f"{r['flops'] / mle['flops']:.4f}"
                 else:
                     mem_ratio = flop_ratio = "–"
                 rows.append(

@@ -5,9 +5,9 @@ Each module owner appends the re-export line(s) of their module here.
 
 from iqlearn_jax.checkpoints.hf_t5 import export_hf_t5 as export_hf_t5
 from iqlearn_jax.checkpoints.hf_t5 import import_hf_t5 as import_hf_t5
-from iqlearn_jax.checkpoints.t5x_import import import_t5x_checkpoint as import_t5x_checkpoint
-from iqlearn_jax.networks.t5 import validate_params as validate_params
 from iqlearn_jax.checkpoints.manager import CheckpointMismatchError as CheckpointMismatchError
 from iqlearn_jax.checkpoints.manager import TrainCheckpointManager as TrainCheckpointManager
 from iqlearn_jax.checkpoints.manager import check_params_match as check_params_match
 from iqlearn_jax.checkpoints.manager import load_initial_params as load_initial_params
+from iqlearn_jax.checkpoints.t5x_import import import_t5x_checkpoint as import_t5x_checkpoint
+from iqlearn_jax.networks.t5 import validate_params as validate_params

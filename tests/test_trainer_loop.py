@@ -174,3 +174,37 @@ def test_build_only_gives_the_step_for_aot_without_touching_anything(tmp_path):
     assert parts.abstract_batch["decoder_target_tokens"].shape == (8, 80)
     compiled = parts.step_fn.lower(parts.abstract_state, parts.abstract_batch).compile()
     assert compiled.memory_analysis().temp_size_in_bytes > 0
+
+
+def test_initial_params_from_orbax_and_hugging_face_dirs(tmp_path):
+    """load_initial_params reads this project's Orbax MODEL_DIR and an HF T5 directory (via import_hf_t5)."""
+    import jax
+
+    from iqlearn_jax import trainer
+    from iqlearn_jax.checkpoints import TrainCheckpointManager, export_hf_t5, load_initial_params
+    from iqlearn_jax.partitioning import Partitioner
+
+    config = T5Config(vocab_size=384, emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                      head_dim=16, mlp_dim=64, dropout_rate=0.0)  # fmt: skip
+    model = EncoderDecoderModel(Transformer(config), objective=Objective(name="mle"))
+    optimizer = optimizers.adafactor(1e-3)
+    partitioner = Partitioner(mesh_shape=(4, 2))
+    shapes = trainer.model_feature_shapes(model, {"inputs": 16, "targets": 8}, 8)
+    abstract, shardings = trainer.abstract_train_state(model, optimizer, partitioner, shapes)
+    state = trainer.init_train_state(
+        model, optimizer, partitioner, shapes, seed=7, state_shardings=shardings
+    )
+    expected = jax.device_get(state.params)
+
+    manager = TrainCheckpointManager(tmp_path / "run", async_save=False)
+    manager.save(state, {"batches_consumed": 0})
+    manager.close()
+    export_hf_t5(config, expected, str(tmp_path / "hf"))
+    for path in (tmp_path / "run", tmp_path / "hf"):
+        loaded = load_initial_params(path, abstract.params, shardings.params)
+        for a, b in zip(
+            jax.tree.leaves(jax.device_get(loaded)), jax.tree.leaves(expected), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+        kernel = loaded["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+        assert kernel.sharding == shardings.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]

@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
@@ -45,6 +45,14 @@ from absl import flags, logging
 
 from iqlearn_jax import optimizers, trainer
 from iqlearn_jax.checkpoints import manager as ckpt_lib
+from iqlearn_jax.gin_utils import (  # noqa: F401 - re-exported for callers of iqlearn_jax.train
+    ConfigError,
+    default_gin_search_paths,
+    parse_gin,
+    quiet_info,
+    rewrite_gin_args,
+    strip_gin_context,
+)
 from iqlearn_jax.observability import (
     MetricsLogger,
     NonFiniteLossError,
@@ -59,90 +67,6 @@ _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "individual gin bi
 _GIN_SEARCH_PATHS = flags.DEFINE_list(
     "gin_search_paths", [], "comma-separated directories searched for gin files and includes"
 )
-
-
-class ConfigError(ValueError):
-    """Bad user input (configuration, task, MODEL_DIR, initial checkpoint): exit status 2."""
-
-
-def default_gin_search_paths() -> list[str]:
-    """The repository's gin_configs/ (beside the package), plus the package-installed copy if any."""
-    here = pathlib.Path(__file__).resolve().parent
-    return [str(p) for p in (here.parent / "gin_configs", here / "gin_configs") if p.is_dir()]
-
-
-# ---- gin ------------------------------------------------------------------------------------------------------
-def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-    """`--gin.KEY=VALUE` → `--gin_bindings=KEY = VALUE` (T5X's convention)."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--gin.") and "=" in arg:
-            key, value = arg[len("--gin.") :].split("=", 1)
-            out.append(f"--gin_bindings={key} = {value}")
-        else:
-            out.append(arg)
-    return out
-
-
-def _macro_references(value: Any) -> Iterator[str]:
-    if isinstance(value, gin.config.ConfigurableReference):
-        if value.configurable.wrapped is gin.config.macro:
-            yield value.scoped_selector.rsplit("/", 1)[0]
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from _macro_references(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _macro_references(v)
-
-
-def _check_macros() -> None:
-    """Every macro referenced is defined and not %gin.REQUIRED (gin itself only fails on first use)."""
-    missing, required = set(), set()
-    for _, bindings in gin.config._CONFIG.items():  # noqa: SLF001 - gin offers no public walk
-        for value in bindings.values():
-            for macro in _macro_references(value):
-                try:
-                    bound = gin.query_parameter(f"%{macro}")
-                except ValueError:
-                    missing.add(macro)
-                    continue
-                if bound is gin.REQUIRED or (
-                    isinstance(bound, gin.config.ConfigurableReference)
-                    and bound.scoped_selector.split("/")[0] == "gin.REQUIRED"
-                ):
-                    required.add(macro)
-    problems = [f"macro {m} is referenced but never defined" for m in sorted(missing)]
-    problems += [f"macro {m} is required" for m in sorted(required)]
-    if problems:
-        hint = ", ".join(f"--gin.{m}=..." for m in sorted(missing | required))
-        raise ConfigError("; ".join(problems) + f" (set it with {hint})")
-
-
-def parse_gin(
-    gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = ()
-) -> None:
-    """Parses gin files and bindings; unknown configurables/parameters and missing macros raise ConfigError."""
-    import logging as py_logging
-
-    # gin probes each include on the plain filesystem first and logs a misleading "Path not found" error.
-    py_logging.getLogger().addFilter(lambda r: not r.pathname.endswith("resource_reader.py"))
-    for path in [*search_paths, *default_gin_search_paths()]:
-        gin.add_config_file_search_path(path)
-    import iqlearn_jax.tasks  # noqa: F401 - registers tasks and their gin configurables
-    from iqlearn_jax import models, objectives  # noqa: F401 - gin configurables
-
-    if not gin_files and not gin_bindings:
-        raise ConfigError("no --gin_file given (try --gin_file=runs/quickstart.gin)")
-    try:
-        gin.parse_config_files_and_bindings(gin_files, gin_bindings, finalize_config=False)
-    except OSError as e:
-        raise ConfigError(
-            f"gin file not found: {e} (search path: {list(search_paths) + default_gin_search_paths()})"
-        ) from e
-    except (ValueError, KeyError, SyntaxError, ImportError) as e:
-        raise ConfigError(f"bad gin configuration: {e}") from e
-    _check_macros()
 
 
 def _required(name: str, value: Any) -> Any:
@@ -508,28 +432,8 @@ def _write_config(model_dir: pathlib.Path, step: int) -> None:
 
 
 # ---- entry points ---------------------------------------------------------------------------------------------
-_QUIET_INFO_SOURCES = ("/orbax/", "/seqio/", "/clu/", "xla_bridge.py")
-
-
-def _quiet_info(record: Any) -> bool:
-    """Drops INFO chatter of orbax/seqio/clu from the console; warnings and errors stay, except SeqIO's
-    "uncached FunctionDataset" advice (the loop restores its data position by skipping, not by reshuffling)."""
-    import logging as py_logging
-
-    if str(record.msg).startswith("Using an uncached FunctionDataset"):
-        return False
-    return record.levelno > py_logging.INFO or not any(
-        s in record.pathname for s in _QUIET_INFO_SOURCES
-    )
-
-
-def _strip_gin_context(e: Exception) -> str:
-    """The message without gin's appended "In call to configurable ..." line."""
-    return str(e).split("\n  In call to configurable")[0]
-
-
 def main(argv: Sequence[str]) -> int:
-    logging.get_absl_handler().addFilter(_quiet_info)
+    logging.get_absl_handler().addFilter(quiet_info)
     if len(argv) > 1:
         print(f"iqlearn-train: error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2
@@ -541,10 +445,10 @@ def main(argv: Sequence[str]) -> int:
         register_tasks()
         train()
     except ConfigError as e:
-        print(f"iqlearn-train: error: {_strip_gin_context(e)}", file=sys.stderr)
+        print(f"iqlearn-train: error: {strip_gin_context(e)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"iqlearn-train: error: {_strip_gin_context(e)}", file=sys.stderr)
+        print(f"iqlearn-train: error: {strip_gin_context(e)}", file=sys.stderr)
         return 1
     except (ValueError, TypeError) as e:
         # Raised while gin builds configured objects (e.g. a bad Objective): name it and exit cleanly.

@@ -88,9 +88,11 @@ class RelativePositionBiases(nn.Module):
     def __call__(self, qlen: int, klen: int, bidirectional: bool = True) -> Array:
         """Returns the attention bias [1, heads, qlen, klen] for positions
         0..qlen-1 attending to 0..klen-1."""
-        rel = np.arange(klen)[None, :] - np.arange(qlen)[:, None]
-        buckets = relative_position_bucket(
-            rel, bidirectional, num_buckets=self.num_buckets, max_distance=self.max_distance
+        # Buckets depend only on key_pos − query_pos, so only the qlen + klen − 1 distinct offsets are bucketed
+        # on the host; the [qlen, klen] index is built in the graph (no [buckets, qlen, klen] constant).
+        offsets = np.arange(-(qlen - 1), klen)
+        offset_buckets = relative_position_bucket(
+            offsets, bidirectional, num_buckets=self.num_buckets, max_distance=self.max_distance
         )
         table = param_with_axes(
             "rel_embedding",
@@ -99,12 +101,13 @@ class RelativePositionBiases(nn.Module):
             jnp.float32,
             axes=("heads", "relpos_buckets"),
         )
-        table = jnp.asarray(table, self.dtype)
-        # Gather via a one-hot contraction (fast on TPU): [h, B] x [B, q, k] -> [h, q, k].
-        one_hot = jnp.asarray(
-            buckets[None] == np.arange(self.num_buckets)[:, None, None], self.dtype
+        per_offset = jnp.take(jnp.asarray(table, self.dtype), jnp.asarray(offset_buckets), axis=1)
+        index = (
+            jnp.arange(klen, dtype=jnp.int32)[None, :]
+            - jnp.arange(qlen, dtype=jnp.int32)[:, None]
+            + (qlen - 1)
         )
-        values = jnp.einsum("hb,bqk->hqk", table, one_hot)
+        values = jnp.take(per_offset, index, axis=1)  # [heads, qlen, klen]
         return values[None]
 
 

@@ -103,7 +103,7 @@ def test_sigkill_then_restart_is_exact(reference, tmp_path):
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and max(steps) < TRAIN_STEPS
     proc = run_to_end(tmp_path)
-    assert f"steps: {max(steps)} -> {TRAIN_STEPS}" in proc.stdout
+    assert f"steps: {max(steps)} -> {TRAIN_STEPS}" in proc.stdout, (steps, proc.stdout, proc.stderr[-3000:])
     ref, resumed = final_state(reference), final_state(tmp_path)
     assert int(ref["step"]) == int(resumed["step"]) == TRAIN_STEPS
     assert_identical(ref, resumed)  # step, params, optimizer state, rng

@@ -48,7 +48,7 @@ def env():
 
 def run_to_end(model_dir: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        cmd(model_dir, *extra), cwd=REPO, env=env(), capture_output=True, text=True, timeout=300
+        cmd(model_dir, *extra), cwd=REPO, env=env(), capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -4,11 +4,12 @@ gin_configs/ on the search path, fail-fast checks of bindings and macros, and a 
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
+
+from iqlearn_jax.paths import GIN_CONFIGS_DIR
 
 
 class ConfigError(ValueError):
@@ -16,9 +17,8 @@ class ConfigError(ValueError):
 
 
 def default_gin_search_paths() -> list[str]:
-    """The repository's gin_configs/ (beside the package), plus the package-installed copy if any."""
-    here = pathlib.Path(__file__).resolve().parent
-    return [str(p) for p in (here.parent / "gin_configs", here / "gin_configs") if p.is_dir()]
+    """The repository's gin_configs/ (beside the package; installs are editable)."""
+    return [str(GIN_CONFIGS_DIR)] if GIN_CONFIGS_DIR.is_dir() else []
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from iqlearn_jax.networks import attention as attention_lib
-from iqlearn_jax.networks import layers, masks
+from iqlearn_jax.networks import blocks, layers, masks
 from iqlearn_jax.networks.t5 import resolve_dtype
 
 Array = jax.Array
@@ -101,17 +101,6 @@ class DecoderOnlyConfig:
         return total + (0 if self.logits_via_embedding else d * self.vocab_size)
 
 
-def _dropout(
-    cfg: DecoderOnlyConfig, x: Array, deterministic: bool, broadcast: bool = True
-) -> Array:
-    dims = (-2,) if broadcast else ()
-    return nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=dims)(x, deterministic=deterministic)
-
-
-def _constrain(x: Array) -> Array:
-    return layers.with_sharding_constraint(x, ("batch", "length", "embed"))
-
-
 class DecoderLayer(nn.Module):
     """Pre-norm self-attention and MLP blocks with residuals."""
 
@@ -127,29 +116,18 @@ class DecoderLayer(nn.Module):
         decode: bool = False,
     ) -> Array:
         """inputs [batch, length, embed] -> [batch, length, embed]; `bias` [1, heads, len, len] (relpos)."""
-        cfg = self.config
-        dtype = cfg.activation_dtype
-        x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(
-            inputs
+        x = blocks.attention_sublayer(
+            self.config,
+            inputs,
+            None,
+            mask,
+            bias,
+            norm_name="pre_self_attention_layer_norm",
+            attention_name="self_attention",
+            deterministic=deterministic,
+            decode=decode,
         )
-        x = attention_lib.MultiHeadDotProductAttention(
-            num_heads=cfg.num_heads,
-            head_dim=cfg.head_dim,
-            dtype=dtype,
-            dropout_rate=cfg.dropout_rate,
-            float32_logits=cfg.float32_attention_logits,
-            name="self_attention",
-        )(x, x, mask, bias, deterministic=deterministic, decode=decode)
-        x = _constrain(_dropout(cfg, x, deterministic) + inputs)
-        y = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
-        y = layers.MlpBlock(
-            intermediate_dim=cfg.mlp_dim,
-            activations=cfg.mlp_activations,
-            intermediate_dropout_rate=cfg.dropout_rate,
-            dtype=dtype,
-            name="mlp",
-        )(y, deterministic=deterministic)
-        return _constrain(_dropout(cfg, y, deterministic) + x)
+        return blocks.mlp_sublayer(self.config, x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
@@ -228,13 +206,13 @@ class Decoder(nn.Module):
             name="token_embedder",
         )
         y = embedder(decoder_input_tokens.astype(jnp.int32))
-        y = _dropout(cfg, y, deterministic).astype(dtype)
+        y = blocks.dropout(cfg, y, deterministic).astype(dtype)
         for i in range(cfg.num_layers):
             y = DecoderLayer(cfg, name=f"layers_{i}")(
                 y, mask, bias, deterministic=deterministic, decode=decode
             )
         y = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
-        y = _dropout(cfg, y, deterministic)
+        y = blocks.dropout(cfg, y, deterministic)
         if cfg.logits_via_embedding:
             logits = embedder.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
         else:

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from iqlearn_jax.networks import attention as attention_lib
-from iqlearn_jax.networks import layers, masks
+from iqlearn_jax.networks import blocks, layers, masks
 
 Array = jax.Array
 
@@ -143,15 +143,6 @@ class T5Config:
         return total
 
 
-def _constrain(x: Array) -> Array:
-    return layers.with_sharding_constraint(x, ("batch", "length", "embed"))
-
-
-def _dropout(cfg: T5Config, x: Array, deterministic: bool, broadcast: bool = True) -> Array:
-    dims = (-2,) if broadcast else ()
-    return nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=dims)(x, deterministic=deterministic)
-
-
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention + MLP block with residuals."""
 
@@ -161,29 +152,19 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array, encoder_mask: Array | None = None, deterministic=True):
         """[batch, length, embed] -> [batch, length, embed]."""
-        cfg = self.config
-        dtype = cfg.activation_dtype
         length = inputs.shape[-2]
         bias = self.relative_embedding(length, length, True)
-        x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(inputs)
-        x = attention_lib.MultiHeadDotProductAttention(
-            num_heads=cfg.num_heads,
-            head_dim=cfg.head_dim,
-            dtype=dtype,
-            dropout_rate=cfg.dropout_rate,
-            float32_logits=cfg.float32_attention_logits,
-            name="attention",
-        )(x, x, encoder_mask, bias, deterministic=deterministic)
-        x = _constrain(_dropout(cfg, x, deterministic) + inputs)
-        y = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
-        y = layers.MlpBlock(
-            intermediate_dim=cfg.mlp_dim,
-            activations=cfg.mlp_activations,
-            intermediate_dropout_rate=cfg.dropout_rate,
-            dtype=dtype,
-            name="mlp",
-        )(y, deterministic=deterministic)
-        return _constrain(_dropout(cfg, y, deterministic) + x)
+        x = blocks.attention_sublayer(
+            self.config,
+            inputs,
+            None,
+            encoder_mask,
+            bias,
+            norm_name="pre_attention_layer_norm",
+            attention_name="attention",
+            deterministic=deterministic,
+        )
+        return blocks.mlp_sublayer(self.config, x, deterministic=deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -205,46 +186,32 @@ class DecoderLayer(nn.Module):
     ) -> Array:
         """inputs [batch, length, embed], encoded [batch, enc_length, embed] -> [batch, length, embed]."""
         cfg = self.config
-        dtype = cfg.activation_dtype
         length = max_decode_length if decode and max_decode_length else inputs.shape[-2]
         bias = self.relative_embedding(length, length, False)
-
-        def attention(name: str, cross: bool) -> attention_lib.MultiHeadDotProductAttention:
-            return attention_lib.MultiHeadDotProductAttention(
-                num_heads=cfg.num_heads,
-                head_dim=cfg.head_dim,
-                dtype=dtype,
-                dropout_rate=cfg.dropout_rate,
-                float32_logits=cfg.float32_attention_logits,
-                cache_cross_kv=cross,
-                name=name,
-            )
-
-        x = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(
-            inputs
+        x = blocks.attention_sublayer(
+            cfg,
+            inputs,
+            None,
+            decoder_mask,
+            bias,
+            norm_name="pre_self_attention_layer_norm",
+            attention_name="self_attention",
+            deterministic=deterministic,
+            decode=decode,
         )
-        x = attention("self_attention", False)(
-            x, x, decoder_mask, bias, deterministic=deterministic, decode=decode
+        y = blocks.attention_sublayer(
+            cfg,
+            x,
+            encoded,
+            encoder_decoder_mask,
+            None,
+            norm_name="pre_cross_attention_layer_norm",
+            attention_name="encoder_decoder_attention",
+            deterministic=deterministic,
+            decode=decode,
+            cross=True,
         )
-        x = _constrain(_dropout(cfg, x, deterministic) + inputs)
-
-        y = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(
-            x
-        )
-        y = attention("encoder_decoder_attention", True)(
-            y, encoded, encoder_decoder_mask, deterministic=deterministic, decode=decode
-        )
-        y = _constrain(_dropout(cfg, y, deterministic) + x)
-
-        z = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(y)
-        z = layers.MlpBlock(
-            intermediate_dim=cfg.mlp_dim,
-            activations=cfg.mlp_activations,
-            intermediate_dropout_rate=cfg.dropout_rate,
-            dtype=dtype,
-            name="mlp",
-        )(z, deterministic=deterministic)
-        return _constrain(_dropout(cfg, z, deterministic) + y)
+        return blocks.mlp_sublayer(cfg, y, deterministic=deterministic)
 
 
 def _relpos(cfg: T5Config) -> attention_lib.RelativePositionBiases:
@@ -273,11 +240,11 @@ class Encoder(nn.Module):
             )
         rel_emb = _relpos(cfg)
         x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
-        x = _dropout(cfg, x, deterministic).astype(cfg.activation_dtype)
+        x = blocks.dropout(cfg, x, deterministic).astype(cfg.activation_dtype)
         for i in range(cfg.num_encoder_layers):
             x = EncoderLayer(cfg, rel_emb, name=f"layers_{i}")(x, encoder_mask, deterministic)
         x = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
-        return _dropout(cfg, x, deterministic, broadcast=False)
+        return blocks.dropout(cfg, x, deterministic, broadcast=False)
 
 
 class Decoder(nn.Module):
@@ -310,7 +277,7 @@ class Decoder(nn.Module):
             )
         rel_emb = _relpos(cfg)
         y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
-        y = _dropout(cfg, y, deterministic).astype(cfg.activation_dtype)
+        y = blocks.dropout(cfg, y, deterministic).astype(cfg.activation_dtype)
         for i in range(cfg.num_decoder_layers):
             y = DecoderLayer(cfg, rel_emb, name=f"layers_{i}")(
                 y,
@@ -322,7 +289,7 @@ class Decoder(nn.Module):
                 max_decode_length=max_decode_length,
             )
         y = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(y)
-        y = _dropout(cfg, y, deterministic)
+        y = blocks.dropout(cfg, y, deterministic)
         if cfg.logits_via_embedding:
             logits = self.shared_embedding.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
         else:

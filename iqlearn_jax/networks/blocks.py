@@ -1,0 +1,77 @@
+"""Pre-norm residual sub-blocks shared by the T5 encoder/decoder layers and the decoder-only layers.
+
+Each function is called inside a linen `@nn.compact` method and creates its submodules in the *caller's* scope, so
+parameter names stay exactly T5X's (`pre_attention_layer_norm`, `attention`, `pre_mlp_layer_norm`, `mlp`, ...).
+`cfg` is a T5Config or DecoderOnlyConfig: both carry num_heads, head_dim, mlp_dim, mlp_activations, dropout_rate,
+float32_attention_logits, layer_norm_epsilon and activation_dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import linen as nn
+
+from iqlearn_jax.networks import attention as attention_lib
+from iqlearn_jax.networks import layers
+
+Array = jax.Array
+
+
+def constrain_embed(x: Array) -> Array:
+    """Sharding constraint of a residual-stream activation [batch, length, embed]."""
+    return layers.with_sharding_constraint(x, ("batch", "length", "embed"))
+
+
+def dropout(cfg: Any, x: Array, deterministic: bool, broadcast: bool = True) -> Array:
+    """Dropout at cfg.dropout_rate; `broadcast` shares the mask along the length axis (T5's convention)."""
+    dims = (-2,) if broadcast else ()
+    return nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=dims)(x, deterministic=deterministic)
+
+
+def attention_sublayer(
+    cfg: Any,
+    inputs: Array,
+    kv_inputs: Array | None,
+    mask: Array | None,
+    bias: Array | None,
+    *,
+    norm_name: str,
+    attention_name: str,
+    deterministic: bool,
+    decode: bool = False,
+    cross: bool = False,
+) -> Array:
+    """inputs + Dropout(Attention(RMSNorm(inputs), kv)) for [batch, length, embed] inputs.
+
+    `kv_inputs` None means self-attention (keys/values from the normalised inputs); for cross-attention pass the
+    encoder output [batch, enc_length, embed] and `cross=True` (its projected keys/values are cached once).
+    """
+    x = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=norm_name)(inputs)
+    kv = x if kv_inputs is None else kv_inputs
+    x = attention_lib.MultiHeadDotProductAttention(
+        num_heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        dtype=cfg.activation_dtype,
+        dropout_rate=cfg.dropout_rate,
+        float32_logits=cfg.float32_attention_logits,
+        cache_cross_kv=cross,
+        name=attention_name,
+    )(x, kv, mask, bias, deterministic=deterministic, decode=decode)
+    return constrain_embed(dropout(cfg, x, deterministic) + inputs)
+
+
+def mlp_sublayer(cfg: Any, inputs: Array, *, deterministic: bool) -> Array:
+    """inputs + Dropout(MLP(RMSNorm(inputs))) with submodules `pre_mlp_layer_norm` and `mlp`."""
+    y = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="pre_mlp_layer_norm")(
+        inputs
+    )
+    y = layers.MlpBlock(
+        intermediate_dim=cfg.mlp_dim,
+        activations=cfg.mlp_activations,
+        intermediate_dropout_rate=cfg.dropout_rate,
+        dtype=cfg.activation_dtype,
+        name="mlp",
+    )(y, deterministic=deterministic)
+    return constrain_embed(dropout(cfg, y, deterministic) + inputs)

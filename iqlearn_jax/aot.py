@@ -501,21 +501,8 @@ def _write_json(data: Mapping[str, Any]) -> None:
 
 def console_main() -> int:
     """Entry point of `iqlearn-aot` and `python -m iqlearn_jax.aot`."""
-    from absl import app
+    from iqlearn_jax import train  # noqa: F401  (defines --gin_file / --gin_bindings / --gin_search_paths)
+    from iqlearn_jax.gin_utils import run_cli
 
-    from iqlearn_jax import train as train_lib
-
-    argv = train_lib.rewrite_gin_args(sys.argv)
-    exit_code = 0
     logging.set_verbosity(logging.WARNING)
-
-    def _run(args: Sequence[str]) -> None:
-        nonlocal exit_code
-        exit_code = main(args)
-
-    try:
-        app.run(_run, argv=argv)
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            raise
-    return exit_code
+    return run_cli(main)

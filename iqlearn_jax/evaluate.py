@@ -449,23 +449,8 @@ def main(argv: Sequence[str]) -> int:
 
 def console_main() -> int:
     """Entry point of ``iqlearn-evaluate`` and ``python -m iqlearn_jax.evaluate``."""
-    from absl import app
-
-    from iqlearn_jax import (
-        train as train_lib,
-    )  # defines --gin_file / --gin_bindings / --gin_search_paths
+    from iqlearn_jax import train  # noqa: F401  (defines --gin_file / --gin_bindings / --gin_search_paths)
+    from iqlearn_jax.gin_utils import run_cli
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    argv = train_lib.rewrite_gin_args(sys.argv)
-    exit_code = 0
-
-    def run(args: Sequence[str]) -> None:
-        nonlocal exit_code
-        exit_code = main(args)
-
-    try:
-        app.run(run, argv=argv)
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            raise
-    return exit_code
+    return run_cli(main)

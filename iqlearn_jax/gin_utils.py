@@ -4,7 +4,8 @@ gin_configs/ on the search path, fail-fast checks of bindings and macros, and a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -112,3 +113,21 @@ def quiet_info(record: Any) -> bool:
 def strip_gin_context(e: Exception) -> str:
     """The message without gin's appended "In call to configurable ..." line."""
     return str(e).split("\n  In call to configurable")[0]
+
+
+def run_cli(main: Callable[[Sequence[str]], int]) -> int:
+    """Runs `main(argv)` under absl (flags parsed, `--gin.KEY=VALUE` rewritten) and returns its exit status."""
+    from absl import app
+
+    exit_code = 0
+
+    def run(args: Sequence[str]) -> None:
+        nonlocal exit_code
+        exit_code = main(args)
+
+    try:
+        app.run(run, argv=rewrite_gin_args(sys.argv))
+    except SystemExit as error:
+        if error.code not in (None, 0):
+            raise
+    return exit_code

@@ -51,6 +51,7 @@ from iqlearn_jax.gin_utils import (  # noqa: F401 - re-exported for callers of i
     parse_gin,
     quiet_info,
     rewrite_gin_args,
+    run_cli,
     strip_gin_context,
 )
 from iqlearn_jax.observability import (
@@ -461,18 +462,4 @@ def main(argv: Sequence[str]) -> int:
 
 def console_main() -> int:
     """Entry point of `iqlearn-train` and `python -m iqlearn_jax.train`."""
-    from absl import app
-
-    argv = rewrite_gin_args(sys.argv)
-    exit_code = 0
-
-    def run(args: Sequence[str]) -> None:
-        nonlocal exit_code
-        exit_code = main(args)
-
-    try:
-        app.run(run, argv=argv)
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            raise
-    return exit_code
+    return run_cli(main)

@@ -33,5 +33,7 @@ def data_dir() -> pathlib.Path:
     """Folder of the real public datasets; tests using it skip when it is absent."""
     found = shared_data_dir()
     if found is None:
-        pytest.skip("public datasets not found: set IQLEARN_DATA_DIR or place them in ../shared/data")
+        pytest.skip(
+            "public datasets not found: set IQLEARN_DATA_DIR or place them in ../shared/data"
+        )
     return found

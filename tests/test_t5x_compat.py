@@ -6,7 +6,6 @@ import importlib
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 from iqlearn_jax.networks import attention as attention_lib
@@ -75,3 +76,20 @@ def mlp_sublayer(cfg: Any, inputs: Array, *, deterministic: bool) -> Array:
         name="mlp",
     )(y, deterministic=deterministic)
     return constrain_embed(dropout(cfg, y, deterministic) + inputs)
+
+
+def output_logits(cfg: Any, y: Array, embedder: Any, *, deterministic: bool) -> Array:
+    """Final `decoder_norm`, dropout and logits [batch, length, vocab] (float32).
+
+    Tied to `embedder` (T5.1.0: `attend`, scaled by 1/√d_model as T5 does) when cfg.logits_via_embedding, else a
+    separate `logits_dense` kernel (embed, vocab).
+    """
+    y = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(y)
+    y = dropout(cfg, y, deterministic)
+    if cfg.logits_via_embedding:
+        logits = embedder.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
+    else:
+        logits = layers.DenseGeneral(
+            cfg.vocab_size, dtype=jnp.float32, kernel_axes=("embed", "vocab"), name="logits_dense"
+        )(y)
+    return layers.with_sharding_constraint(logits, ("batch", "length", "vocab"))

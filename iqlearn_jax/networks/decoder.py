@@ -211,18 +211,7 @@ class Decoder(nn.Module):
             y = DecoderLayer(cfg, name=f"layers_{i}")(
                 y, mask, bias, deterministic=deterministic, decode=decode
             )
-        y = layers.LayerNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
-        y = blocks.dropout(cfg, y, deterministic)
-        if cfg.logits_via_embedding:
-            logits = embedder.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
-        else:
-            logits = layers.DenseGeneral(
-                cfg.vocab_size,
-                dtype=jnp.float32,
-                kernel_axes=("embed", "vocab"),
-                name="logits_dense",
-            )(y)
-        return layers.with_sharding_constraint(logits, ("batch", "length", "vocab"))
+        return blocks.output_logits(cfg, y, embedder, deterministic=deterministic)
 
 
 class DecoderWrapper(nn.Module):

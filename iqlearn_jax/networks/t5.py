@@ -288,18 +288,7 @@ class Decoder(nn.Module):
                 decode=decode,
                 max_decode_length=max_decode_length,
             )
-        y = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(y)
-        y = blocks.dropout(cfg, y, deterministic)
-        if cfg.logits_via_embedding:
-            logits = self.shared_embedding.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
-        else:
-            logits = layers.DenseGeneral(
-                cfg.vocab_size,
-                dtype=jnp.float32,
-                kernel_axes=("embed", "vocab"),
-                name="logits_dense",
-            )(y)
-        return layers.with_sharding_constraint(logits, ("batch", "length", "vocab"))
+        return blocks.output_logits(cfg, y, self.shared_embedding, deterministic=deterministic)
 
 
 class Transformer(nn.Module):

@@ -1,0 +1,57 @@
+"""The two run-time shims the vendored T5X needs on this project's JAX (see README.md in this folder).
+
+- `install()`: adds an import hook that, the first time `jestimator` is imported, aliases
+  `jax.experimental.pjit.PartitionSpec` to `jax.sharding.PartitionSpec` (jestimator 0.3.3 still imports the old name).
+  The `airio` stand-in needs no code: it is the `airio/` package beside this file, found when this folder is on the path.
+- `activate()`: for in-process use (tests): puts this folder on `sys.path`, then `install()`.
+- `subprocess_env(env)`: a copy of `env` with this folder first on PYTHONPATH, for `python -m t5x.train` and friends.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import os
+import pathlib
+import sys
+from collections.abc import Mapping
+
+SHIMS_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def _alias_partition_spec() -> None:
+    import jax.experimental.pjit as pjit_module
+    import jax.sharding
+
+    if not hasattr(pjit_module, "PartitionSpec"):
+        pjit_module.PartitionSpec = jax.sharding.PartitionSpec
+
+
+class _AliasBeforeJestimator(importlib.abc.MetaPathFinder):
+    """Applies the PartitionSpec alias just before `jestimator` is first imported, then steps aside."""
+
+    def find_spec(self, fullname, path, target=None):  # noqa: D102 - importlib protocol
+        if fullname == "jestimator":
+            _alias_partition_spec()
+        return None  # the normal finders import the module
+
+
+def install() -> None:
+    """Switches the PartitionSpec alias on (idempotent; imports nothing until jestimator is imported)."""
+    if "jestimator" in sys.modules:
+        _alias_partition_spec()
+    elif not any(isinstance(finder, _AliasBeforeJestimator) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AliasBeforeJestimator())
+
+
+def activate() -> None:
+    """In-process: makes the `airio` stand-in importable and installs the alias hook."""
+    if str(SHIMS_DIR) not in sys.path:
+        sys.path.insert(0, str(SHIMS_DIR))
+    install()
+
+
+def subprocess_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default os.environ) with this folder first on PYTHONPATH, so a child Python runs sitecustomize.py."""
+    out = dict(os.environ if env is None else env)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(SHIMS_DIR), out.get("PYTHONPATH", "")) if p)
+    return out

@@ -2,8 +2,11 @@
 the closing summary.
 
 metrics.jsonl holds one JSON object per record: {"step", "split" ("train" | "validation"), "time" (unix seconds),
-metric: value, ...}; train records are means over the last `log_period` steps plus steps_per_second and
-tokens_per_second (non-padding input + target tokens, all hosts).
+metric: value, ...}, at most one per (step, split). A train record at step s averages the steps of this
+invocation since the previous train record (normally `log_period` steps); `window_steps` says how many. After a
+resume from a checkpoint at step r, records with step > r (written by the interrupted run for steps that are
+replayed) are dropped, so the first record after a resume covers steps r+1..s only and repeats nothing. Rates:
+steps_per_second and tokens_per_second (non-padding input + target tokens, all hosts).
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ class NonFiniteLossError(FloatingPointError):
 class MetricsLogger:
     """metrics.jsonl + clu TensorBoard writers (process 0 only)."""
 
-    def __init__(self, model_dir: pathlib.Path) -> None:
+    def __init__(self, model_dir: pathlib.Path, resume_step: int | None = None) -> None:
+        """`resume_step`: the step the run restored (0 for a fresh start); later records are dropped."""
         from clu import metric_writers
 
         self.enabled = jax.process_index() == 0
         self.jsonl = model_dir / "metrics.jsonl"
+        self._written: set[tuple[int, str]] = set()
+        if self.enabled:
+            self._written = _truncate_records(self.jsonl, resume_step)
         self.tb_dir = model_dir / "tensorboard"
         self.writers = {
             split: metric_writers.create_default_writer(
@@ -42,7 +49,8 @@ class MetricsLogger:
         scalars = {k: float(v) for k, v in scalars.items()}
         self.writers[split].write_scalars(step, scalars)
         self.writers[split].flush()
-        if self.enabled:
+        if self.enabled and (step, split) not in self._written:  # e.g. a finished run re-evaluated
+            self._written.add((step, split))
             with open(self.jsonl, "a") as f:
                 f.write(
                     json.dumps({"step": step, "split": split, "time": time.time(), **scalars})
@@ -52,6 +60,30 @@ class MetricsLogger:
     def close(self) -> None:
         for w in self.writers.values():
             w.close()
+
+
+def _truncate_records(path: pathlib.Path, resume_step: int | None) -> set[tuple[int, str]]:
+    """Drops records with step > resume_step (and repeated (step, split) pairs) from metrics.jsonl; returns the
+    (step, split) pairs kept. Unparsable lines (a write cut by a kill) are dropped too."""
+    if not path.exists():
+        return set()
+    kept, seen = [], set()
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            key = (int(record["step"]), str(record["split"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if (resume_step is not None and key[0] > resume_step) or key in seen:
+            continue
+        seen.add(key)
+        kept.append(line)
+    text = "".join(line + "\n" for line in kept)
+    if text != path.read_text():
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return seen
 
 
 def format_eta(seconds: float) -> str:
@@ -133,5 +165,11 @@ class ProgressMeter:
             f"{rate:6.2f} steps/s | {tokens_rate:9.0f} tokens/s | "
             f"ETA {format_eta((self.total_steps - step) / rate)}"
         )
+        window = self.steps
         self._reset()
-        return {**means, "steps_per_second": rate, "tokens_per_second": tokens_rate}, line
+        return {
+            **means,
+            "window_steps": window,
+            "steps_per_second": rate,
+            "tokens_per_second": tokens_rate,
+        }, line

@@ -3,8 +3,13 @@
 Layout: MODEL_DIR/checkpoints/<step>/{state, meta}; `state` is the TrainState as a nested dict (step, params,
 opt_state, rng) and `meta` a JSON dict with the data position (`batches_consumed`) and run facts. Orbax writes each
 checkpoint to a temporary directory and renames it when complete, so a run killed mid-save leaves the previous
-checkpoint as the newest complete one. A checkpoint that fails to restore is moved to
-MODEL_DIR/checkpoints_damaged/ with a warning and the previous one is used.
+checkpoint as the newest complete one.
+
+Resuming (`restore_latest`) tells two failures apart. A *mismatched* checkpoint is readable but holds another
+model, optimizer, task or batch size than the configured run (names and shapes compared from Orbax's metadata,
+before any array is read): ConfigError (exit 2), nothing moved. A *damaged* one cannot be read: it is moved to
+MODEL_DIR/checkpoints_damaged/ with a warning and the previous one is used; if none is left, the run refuses to
+start from scratch unless `train.allow_fresh_start_over_damaged=True`.
 
 Initial checkpoints (params only, optimizer state fresh, step 0) come from this project's Orbax layout, a T5X
 checkpoint or a Hugging Face T5 directory (`load_initial_params`).
@@ -12,6 +17,7 @@ checkpoint or a Hugging Face T5 directory (`load_initial_params`).
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 import pathlib
 import shutil
@@ -25,14 +31,30 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from iqlearn_jax.gin_utils import ConfigError
 from iqlearn_jax.partitioning import replicated_to_host
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "checkpoints_damaged"
+STATE_ITEM = "state"
+# How many differing arrays a mismatch message lists.
+MAX_LISTED_DIFFERENCES = 10
 
 
-class CheckpointMismatchError(ValueError):
-    """An initial checkpoint whose parameter names or shapes differ from the model's."""
+class CheckpointMismatchError(ConfigError):
+    """A checkpoint (initial, or in MODEL_DIR) whose array names or shapes differ from the configured ones."""
+
+
+class ResumeMismatchError(ConfigError):
+    """MODEL_DIR's checkpoint was saved by a run with another task or batch size."""
+
+
+class NoUsableCheckpointError(ConfigError):
+    """MODEL_DIR has checkpoints but none of them can be restored (and a fresh start was not allowed)."""
+
+
+class CheckpointFormatError(ConfigError):
+    """`initial_checkpoint_path` is not in any format the detector knows."""
 
 
 class TrainCheckpointManager:
@@ -87,43 +109,97 @@ class TrainCheckpointManager:
         self._manager.wait_until_finished()
         self._manager.close()
 
-    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+    def restore_latest(
+        self,
+        abstract_state: Any,
+        expected_meta: Mapping[str, Any] | None = None,
+        allow_fresh_start: bool = False,
+    ) -> tuple[Any, dict[str, Any]] | None:
         """Newest checkpoint that restores cleanly as (state, meta), or None when there is none.
+
+        Each checkpoint, newest first, is first compared with the configured run: its stored tree (names and
+        shapes of every array, from Orbax's metadata) against `abstract_state`, and its saved meta against
+        `expected_meta`. A difference is a *mismatch* (another model, optimizer, task or batch size): it raises
+        `CheckpointMismatchError` / `ResumeMismatchError` (ConfigError, exit 2) and nothing is moved. A checkpoint
+        that cannot be read (metadata or arrays unreadable, incomplete, step disagreeing with its directory, NaN/Inf
+        parameters) is *damaged*: the next older one is tried, and the damaged ones newer than the restored one
+        are moved to MODEL_DIR/checkpoints_damaged/ (never deleted). When checkpoints exist but none restores,
+        nothing is moved and `NoUsableCheckpointError` is raised, unless `allow_fresh_start` (then the damaged
+        ones are moved aside and None is returned: the caller starts from scratch).
 
         Args:
           abstract_state: TrainState of jax.ShapeDtypeStruct with shardings (from trainer.abstract_train_state);
             the restored arrays get those shardings.
+          expected_meta: run facts that must equal the saved meta (e.g. task, batch_size); a key absent from a
+            saved meta is not compared.
+          allow_fresh_start: see above.
         """
         target = flax.serialization.to_state_dict(abstract_state)
+        damaged: list[tuple[int, str]] = []
+        restored_pair = None
         for step in reversed(self.all_steps()):
             try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-                    ),
-                )
+                saved_specs = self._saved_specs(step)
+            except Exception as e:  # noqa: BLE001 - unreadable metadata: this checkpoint is damaged
+                damaged.append((step, _first_line(e)))
+                continue
+            check_state_matches(saved_specs, target, self.directory / str(step))
+            try:
+                meta = self._restore_meta(step)
+            except Exception as e:  # noqa: BLE001
+                damaged.append((step, _first_line(e)))
+                continue
+            check_meta_matches(meta, expected_meta or {}, self.directory / str(step))
+            try:
+                with _quiet_orbax_failures():
+                    restored = self._manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                        ),
+                    )
                 state = flax.serialization.from_state_dict(abstract_state, restored["state"])
-                meta = dict(restored["meta"])
                 if int(replicated_to_host(state.step)) != step:
                     raise ValueError(
-                        f"state.step={int(state.step)} differs from directory step {step}"
+                        f"state.step={int(replicated_to_host(state.step))} differs from directory step {step}"
                     )
                 _check_finite(state.params, f"checkpoint step {step}")
-                logging.info("restored checkpoint step %d from %s", step, self.directory)
-                return state, meta
-            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
-                moved = self._quarantine(step)
-                logging.warning(
-                    "checkpoint at step %d in %s is damaged (%s: %s); moved it to %s and falling back "
-                    "to the previous checkpoint",
-                    step,
-                    self.directory,
-                    type(e).__name__,
-                    str(e).splitlines()[0][:300] if str(e) else "",
-                    moved,
-                )
-        return None
+            except Exception as e:  # noqa: BLE001 - any failure to read a matching checkpoint means damage
+                damaged.append((step, _first_line(e)))
+                continue
+            restored_pair = (state, dict(restored["meta"]))
+            break
+        if restored_pair is None and damaged and not allow_fresh_start:
+            listing = "; ".join(f"step {s}: {why}" for s, why in damaged)
+            raise NoUsableCheckpointError(
+                f"MODEL_DIR {str(self.model_dir)!r} has {len(damaged)} checkpoint(s) and none can be restored "
+                f"({listing}). Nothing was moved. To set them aside and train from scratch in this MODEL_DIR, "
+                "pass --gin.train.train.allow_fresh_start_over_damaged=True (or use a new MODEL_DIR)."
+            )
+        for step, why in damaged:
+            moved = self._quarantine(step)
+            logging.warning(
+                "checkpoint at step %d in %s is damaged (%s); moved it to %s",
+                step,
+                self.directory,
+                why,
+                moved,
+            )
+        if restored_pair is not None:
+            logging.info("restored checkpoint step %d from %s", restored_pair[1].get("step"), self.directory)
+        return restored_pair
+
+    def _saved_specs(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """{'params/…/kernel': (shape, dtype)} of a saved state item, from Orbax's metadata (no array is read)."""
+        metadata = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / STATE_ITEM)
+        tree = getattr(metadata, "tree", metadata)
+        return tree_specs(tree)
+
+    def _restore_meta(self, step: int) -> dict[str, Any]:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+        return dict(restored["meta"] or {})
 
     def _quarantine(self, step: int) -> pathlib.Path | None:
         """Moves a damaged step directory aside (never deletes it) so it is neither restored nor overwritten."""
@@ -139,6 +215,117 @@ class TrainCheckpointManager:
         return dest
 
 
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def tree_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{'params/encoder/…/kernel': (shape, dtype name)} of every leaf of a (state-dict) tree of arrays,
+    ShapeDtypeStructs or Orbax ArrayMetadata."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        shape = getattr(leaf, "shape", None)
+        shape = tuple(np.shape(leaf)) if shape is None else tuple(shape)
+        dtype = getattr(leaf, "dtype", None)
+        out["/".join(_key_name(k) for k in path)] = (shape, str(np.dtype(dtype)) if dtype else "?")
+    return out
+
+
+def state_differences(
+    saved: Mapping[str, tuple[tuple[int, ...], str]],
+    expected: Mapping[str, tuple[tuple[int, ...], str]],
+) -> list[str]:
+    """Shape differences, then arrays only configured, then arrays only saved; parameters before optimizer state."""
+
+    def order(name: str) -> tuple[bool, str]:
+        return (not name.startswith("params"), name)
+
+    out = [
+        f"{k}: checkpoint {saved[k][0]}, configured {expected[k][0]}"
+        for k in sorted(saved.keys() & expected.keys(), key=order)
+        if saved[k][0] != expected[k][0]
+    ]
+    out += [
+        f"{k}: configured {expected[k][0]}, not in the checkpoint"
+        for k in sorted(expected.keys() - saved.keys(), key=order)
+    ]
+    out += [
+        f"{k}: checkpoint {saved[k][0]}, not in the configured state"
+        for k in sorted(saved.keys() - expected.keys(), key=order)
+    ]
+    return out
+
+
+def check_state_matches(
+    saved_specs: Mapping[str, tuple[tuple[int, ...], str]], target: Any, where: pathlib.Path
+) -> None:
+    """Raises CheckpointMismatchError naming the first differing arrays (shapes on both sides)."""
+    expected = tree_specs(target)
+    problems = state_differences(saved_specs, expected)
+    if problems:
+        more = (
+            f"\n  ... and {len(problems) - MAX_LISTED_DIFFERENCES} more"
+            if len(problems) > MAX_LISTED_DIFFERENCES
+            else ""
+        )
+        raise CheckpointMismatchError(
+            f"checkpoint {str(where)!r} does not match the configured model/optimizer "
+            f"({len(problems)} differing arrays):\n  "
+            + "\n  ".join(problems[:MAX_LISTED_DIFFERENCES])
+            + more
+            + "\nNothing in MODEL_DIR was changed. Train the changed model in a new MODEL_DIR, or run with the "
+            "configuration this MODEL_DIR was trained with (its config.gin)."
+        )
+    cast = sorted(k for k in saved_specs.keys() & expected.keys() if saved_specs[k][1] != expected[k][1])
+    if cast:
+        logging.warning(
+            "checkpoint %s: %d arrays are stored as another dtype and will be cast (e.g. %s: %s -> %s)",
+            where, len(cast), cast[0], saved_specs[cast[0]][1], expected[cast[0]][1],
+        )  # fmt: skip
+
+
+def check_meta_matches(
+    saved: Mapping[str, Any], expected: Mapping[str, Any], where: pathlib.Path
+) -> None:
+    """Raises ResumeMismatchError when a saved run fact (task, batch size, ...) differs from this run's."""
+    for key, value in expected.items():
+        if key in saved and saved[key] != value:
+            raise ResumeMismatchError(
+                f"cannot resume: checkpoint {str(where)!r} was saved by a run with {key}={saved[key]!r}, this "
+                f"run has {key}={value!r} (the saved data position counts that run's batches). Nothing in "
+                f"MODEL_DIR was changed. Use a new MODEL_DIR, or set {key} back to {saved[key]!r}."
+            )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class _quiet_orbax_failures:
+    """Silences asyncio's "Exception ignored in coroutine" / "Task exception was never retrieved" reports that a
+    failed Orbax restore leaves behind (one per array: hundreds of lines); the failure itself is still raised."""
+
+    def __enter__(self) -> None:
+        import sys
+
+        self._unraisable = sys.unraisablehook
+        sys.unraisablehook = lambda args: None
+        self._asyncio_level = py_logging.getLogger("asyncio").level
+        py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
+
+    def __exit__(self, *exc: Any) -> None:
+        import gc
+        import sys
+
+        gc.collect()  # abandoned coroutines report while being collected: do it while silenced
+        sys.unraisablehook = self._unraisable
+        py_logging.getLogger("asyncio").setLevel(self._asyncio_level)
+
+
 def _check_finite(params: Any, source: str) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if leaf.is_fully_addressable and not np.all(np.isfinite(np.asarray(leaf))):
@@ -146,18 +333,83 @@ def _check_finite(params: Any, source: str) -> None:
 
 
 # ---- initial checkpoints --------------------------------------------------------------------------------------
+def _children(p: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p.iterdir()) if p.is_dir() else []
+
+
+def _is_hf(p: pathlib.Path) -> bool:
+    return p.is_dir() and (p / "config.json").is_file()
+
+
+def _is_orbax(p: pathlib.Path) -> bool:
+    if not p.is_dir():
+        return False
+    if (p / CHECKPOINTS_SUBDIR).is_dir() or ((p / "state").is_dir() and (p / "meta").is_dir()):
+        return True
+    return any(c.name.isdigit() and (c / "state").is_dir() for c in _children(p))
+
+
+def _is_t5x(p: pathlib.Path) -> bool:
+    if p.is_file():
+        return p.name == "checkpoint"
+    if not p.is_dir():
+        return False
+    markers = ("checkpoint", "state", "_METADATA", "_CHECKPOINT_METADATA")
+    return any((p / m).exists() for m in markers) or any(
+        c.is_dir() and c.name.startswith("checkpoint_") and c.name[len("checkpoint_") :].isdigit()
+        for c in _children(p)
+    )
+
+
+# Initial-checkpoint formats, tried in order: (name, what it looks like, predicate). Extend by appending.
+INITIAL_CHECKPOINT_FORMATS: list[tuple[str, str, Any]] = [
+    ("hf", "a directory holding config.json and *.safetensors (Hugging Face)", _is_hf),
+    (
+        "orbax",
+        "a directory holding checkpoints/<step>/state, <step>/state or state/ + meta/ "
+        "(this project's Orbax MODEL_DIR)",
+        _is_orbax,
+    ),
+    (
+        "t5x",
+        "a T5X checkpoint: a checkpoint_<step>/ directory holding the msgpack file 'checkpoint' (legacy) or "
+        "state/ (Orbax), or a directory of checkpoint_<step>/ directories",
+        _is_t5x,
+    ),
+]
+
+
+def _describe(p: pathlib.Path) -> str:
+    if p.is_file():
+        return f"is a regular file ({p.stat().st_size} bytes)"
+    if p.is_dir():
+        names = [c.name + ("/" if c.is_dir() else "") for c in _children(p)]
+        if not names:
+            return "is an empty directory"
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} entries)" if len(names) > 8 else "")
+        return f"is a directory holding {shown}"
+    return "is neither a file nor a directory"
+
+
 def detect_format(path: str | os.PathLike) -> str:
-    """'hf' (config.json + weights), 'orbax' (this project's MODEL_DIR / checkpoints / step dir) or 't5x'."""
+    """Name of the first INITIAL_CHECKPOINT_FORMATS entry whose predicate accepts `path`.
+
+    Raises FileNotFoundError when the path does not exist and CheckpointFormatError (saying what was found and
+    what was expected) when no format matches.
+    """
     p = pathlib.Path(path)
+    expected = "; or ".join(f"{name}: {what}" for name, what, _ in INITIAL_CHECKPOINT_FORMATS)
     if not p.exists():
-        raise FileNotFoundError(f"initial checkpoint path {str(p)!r} does not exist")
-    if (p / "config.json").exists():
-        return "hf"
-    if (p / CHECKPOINTS_SUBDIR).is_dir() or (p / "state").is_dir() and (p / "meta").is_dir():
-        return "orbax"
-    if p.is_dir() and any(c.name.isdigit() and (c / "state").is_dir() for c in p.iterdir()):
-        return "orbax"
-    return "t5x"
+        raise FileNotFoundError(
+            f"initial checkpoint path {str(p)!r} does not exist; expected one of: {expected}"
+        )
+    for name, _, accepts in INITIAL_CHECKPOINT_FORMATS:
+        if accepts(p):
+            return name
+    raise CheckpointFormatError(
+        f"initial checkpoint path {str(p)!r} {_describe(p)}; expected one of: {expected} "
+        "(train.initial_checkpoint_format forces a format)"
+    )
 
 
 def _orbax_state_dir(path: pathlib.Path) -> pathlib.Path:
@@ -239,7 +491,8 @@ def load_initial_params(
 
         _, params = import_hf_t5(str(path))
     else:
-        raise ValueError(f"initial checkpoint format must be auto, orbax, t5x or hf, got {fmt!r}")
+        known = ["auto", *(name for name, _, _ in INITIAL_CHECKPOINT_FORMATS)]
+        raise ConfigError(f"train.initial_checkpoint_format must be one of {known}, got {fmt!r}")
     params = flax.serialization.to_state_dict(params)
     if set(params) == {"params"}:
         params = params["params"]

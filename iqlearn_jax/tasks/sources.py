@@ -115,9 +115,28 @@ class _BadRecords:
             )
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
-    with tf.io.gfile.GFile(path, "r") as f:
-        for number, line in enumerate(f, start=1):
+def _decode(raw: bytes, path: str, number: int) -> str:
+    """One line as text; a non-UTF-8 line raises DataError naming file, line, column and byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+            "data files must be UTF-8"
+        ) from None
+
+
+def _lines(path: str, bad: _BadRecords | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each line; a non-UTF-8 line is a bad record (`bad`) or a DataError."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = _decode(raw, path, number)
+            except DataError as e:
+                if bad is None:
+                    raise
+                bad(number, str(e).split(": ", 1)[1])
+                continue
             yield number, line.rstrip("\n").rstrip("\r")
 
 
@@ -131,7 +150,7 @@ def iter_jsonl(
     """Records of a JSON Lines file restricted to ``fields`` (all required strings); ``nonempty`` ones must be
     non-blank. Raises :class:`DataError` (``path:line: problem``) unless ``skip_bad_records``."""
     bad = bad or _BadRecords(path, skip_bad_records)
-    for number, line in _lines(path):
+    for number, line in _lines(path, bad):
         if not line.strip():
             continue
         try:
@@ -169,7 +188,7 @@ def iter_tsv(
 ) -> Iterator[Record]:
     """Pairs of a two-column TSV file as ``{fields[0]: col0, fields[1]: col1}``; both columns must be non-empty."""
     bad = bad or _BadRecords(path, skip_bad_records)
-    for number, line in _lines(path):
+    for number, line in _lines(path, bad):
         if not line.strip():
             continue
         columns = line.split("\t")
@@ -193,8 +212,7 @@ def iter_parallel(
 
     Files of different line counts are always an error; an empty line in either file is a bad record.
     """
-    with tf.io.gfile.GFile(paths[0], "r") as f0, tf.io.gfile.GFile(paths[1], "r") as f1:
-        first, second = f0.read().splitlines(), f1.read().splitlines()
+    first, second = ([line for _, line in _lines(path)] for path in paths)
     if len(first) != len(second):
         raise DataError(
             f"parallel files are not aligned: {paths[0]} has {len(first)} lines, {paths[1]} has {len(second)}"

@@ -436,6 +436,54 @@ def iqlearn_loss(
     return loss, metrics
 
 
+def td_regularizer_loss(
+    logits: Array,
+    targets: Array,
+    weights: Array,
+    *,
+    lam: float,
+    gamma: float = 1.0,
+    eos_id: int = 1,
+    segment_ids: Array | None = None,
+    valid_vocab_size: int | None = None,
+    loss_normalizing_factor: Any = None,
+) -> tuple[Array, Metrics]:
+    """The TD regulariser alone, λ·Σ_t w_t·m_t·r_t² / Z: online IQLearn's χ² term on policy samples.
+
+    Same r_t, m_t (terminal / truncation / segment rules) and Z as `iqlearn_loss`; no MLE term.
+
+    Returns:
+      (loss, metrics): loss, td_error_sq (mean r² on TD-masked tokens), mean_reward, td_fraction, num_tokens,
+      mean_value.
+    """
+    _check_inputs(logits, targets, weights, segment_ids)
+    _check_range("lam", lam, 0.0, float("inf"))
+    _check_range("gamma", gamma, 0.0, 1.0)
+    _check_normalizing_factor(loss_normalizing_factor)
+    terms, rewards, td_mask = _td_pieces(
+        logits,
+        targets,
+        weights,
+        gamma=gamma,
+        eos_id=eos_id,
+        segment_ids=segment_ids,
+        valid_vocab_size=valid_vocab_size,
+    )
+    token_weights, normalizer = _normalized_weights(weights, segment_ids, loss_normalizing_factor)
+    loss = lam * _safe_divide(jnp.sum(token_weights * td_mask * jnp.square(rewards)), normalizer)
+    td_weights = weights.astype(jnp.float32) * td_mask
+    real = (weights > 0).astype(jnp.float32)
+    metrics = {
+        "loss": loss,
+        "td_error_sq": _weighted_mean(jnp.square(rewards), td_weights),
+        "mean_reward": _weighted_mean(rewards, td_weights),
+        "td_fraction": _safe_divide(jnp.sum(td_mask), jnp.sum(real)),
+        "num_tokens": jnp.sum(real),
+        "mean_value": _weighted_mean(terms["value"], weights.astype(jnp.float32)),
+    }
+    return loss, metrics
+
+
 def online_iqlearn_loss(
     expert_logits: Array,
     expert_targets: Array,

@@ -16,7 +16,6 @@ batch → 'data'; vocab, mlp, heads, joined_kv → 'model'; the rest replicated.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +28,8 @@ from absl import logging
 from flax.core import frozen_dict
 from flax.linen import partitioning as nn_partitioning
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from iqlearn_jax.distributed import maybe_initialize_distributed  # noqa: F401 - re-exported (moved)
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -57,32 +58,6 @@ def standard_logical_axis_rules() -> tuple[tuple[str, str | None], ...]:
         ("cache_kv", None),
         ("cache_sequence", None),
     )
-
-
-def maybe_initialize_distributed(force: bool | None = None) -> None:
-    """Calls `jax.distributed.initialize()` when running as several processes (TPU pod, SLURM, explicit env).
-
-    Args:
-      force: True always initialises, False never; None (default) initialises when the environment names a
-        coordinator (JAX_COORDINATOR_ADDRESS), several TPU workers (TPU_WORKER_HOSTNAMES with a comma) or a
-        multi-task SLURM/Open MPI job.
-    """
-    if force is None:
-        env = os.environ
-        force = bool(
-            env.get("JAX_COORDINATOR_ADDRESS")
-            or "," in env.get("TPU_WORKER_HOSTNAMES", "")
-            or int(env.get("SLURM_NTASKS", "1")) > 1
-            or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-        )
-    if force and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-        logging.info(
-            "jax.distributed initialised: process %d of %d, %d global devices",
-            jax.process_index(),
-            jax.process_count(),
-            jax.device_count(),
-        )
 
 
 def create_mesh(
@@ -276,32 +251,58 @@ class Partitioner:
     def batch_shardings(self, batch: Mapping[str, Any]) -> dict[str, NamedSharding]:
         return {k: self.sharding(self.batch_spec(np.ndim(v))) for k, v in batch.items()}
 
+    def data_shards(self) -> tuple[int, int, int]:
+        """(index, count, k): this process's input shard, the number of distinct shards, data rows per shard.
+
+        A process feeds the batch rows its devices hold: the 'data' coordinates of its devices must form one
+        aligned block of k consecutive mesh rows (count = data size / k). Processes holding the same block feed
+        the same shard: with model parallelism across processes (e.g. mesh (1, 8) over 2 processes) there is one
+        shard and both processes read it; with one block per process, count is the process count.
+        """
+        if getattr(self, "_data_shards", None) is not None:
+            return self._data_shards
+        data_axis = self.mesh.axis_names.index(DATA_AXIS)
+        me = jax.process_index()
+        rows = sorted(
+            {
+                int(idx[data_axis])
+                for idx, d in np.ndenumerate(self.mesh.devices)
+                if d.process_index == me
+            }
+        )
+        k = len(rows)
+        if rows != list(range(rows[0], rows[0] + k)) or rows[0] % k or self.data_size % k:
+            raise ValueError(
+                f"process {me} holds 'data' rows {rows} of mesh {dict(self.mesh.shape)}: each process must hold "
+                "one aligned block of consecutive data rows"
+            )
+        self._data_shards = (rows[0] // k, self.data_size // k, k)
+        return self._data_shards
+
     def local_batch_size(self, global_batch_size: int) -> int:
-        """Examples each host feeds per step; checks that the batch splits evenly over hosts and the data axis."""
+        """Examples this host feeds per step; checks that the batch splits evenly over the data axis."""
         if global_batch_size % self.data_size:
             raise ValueError(
                 f"batch_size={global_batch_size} must be divisible by the data-parallel size {self.data_size}"
             )
-        if global_batch_size % jax.process_count():
-            raise ValueError(
-                f"batch_size={global_batch_size} must be divisible by the process count {jax.process_count()}"
-            )
-        return global_batch_size // jax.process_count()
+        return global_batch_size // self.data_shards()[1]
 
     def shard_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """Host-local numpy arrays [local_batch, ...] → global jax.Arrays [global_batch, ...] sharded over 'data'."""
+        count = self.data_shards()[1]
         out = {}
         for key, value in local_batch.items():
             value = np.asarray(value)
-            global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+            global_shape = (value.shape[0] * count,) + value.shape[1:]
             out[key] = jax.make_array_from_process_local_data(
                 self.sharding(self.batch_spec(value.ndim)), value, global_shape
             )
         return out
 
     def shard_info(self) -> tuple[int, int]:
-        """(index, count) of this host's shard of the input data (SeqIO `ShardInfo`)."""
-        return jax.process_index(), jax.process_count()
+        """(index, count) of this host's shard of the input data (SeqIO `ShardInfo`); see `data_shards`."""
+        index, count, _ = self.data_shards()
+        return index, count
 
     # ---- activations -----------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -31,7 +31,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import dataclasses
 import pathlib
-import signal
 import sys
 import time
 import uuid
@@ -43,8 +42,9 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from iqlearn_jax import optimizers, trainer
+from iqlearn_jax import optimizers, preemption, trainer
 from iqlearn_jax.checkpoints import manager as ckpt_lib
+from iqlearn_jax.distributed import maybe_initialize_distributed, primary_print
 from iqlearn_jax.gin_utils import (  # noqa: F401 - re-exported for callers of iqlearn_jax.train
     ConfigError,
     default_gin_search_paths,
@@ -61,7 +61,7 @@ from iqlearn_jax.observability import (
     TrainResult,
     check_finite,
 )
-from iqlearn_jax.partitioning import Partitioner, maybe_initialize_distributed, replicated_to_host
+from iqlearn_jax.partitioning import Partitioner, replicated_to_host
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin files to parse, in order")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "individual gin bindings")
@@ -301,15 +301,7 @@ def train(
     eval_fn = trainer.build_eval_step(model, partitioner, shardings.params)
     logger = MetricsLogger(model_dir_path)
 
-    preempted = {"flag": False}
-    previous_handler = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-        logging.warning("SIGTERM received: will save a checkpoint after the current step and exit")
-        preempted["flag"] = True
-
-    if jax.process_count() == 1:
-        signal.signal(signal.SIGTERM, on_sigterm)
+    guard = preemption.PreemptionGuard().__enter__()  # SIGTERM on any process: all save at one step
 
     def evaluate(step: int) -> dict[str, float]:
         nonlocal eval_data
@@ -341,7 +333,7 @@ def train(
         out = {k: v / len(eval_data) for k, v in sums.items()} if eval_data else {}
         if out:
             logger.write(step, "validation", out)
-            print(f"step {step:>6d} | validation loss {out['loss']:.4f}", flush=True)
+            primary_print(f"step {step:>6d} | validation loss {out['loss']:.4f}")
         return out
 
     start_step = step = int(replicated_to_host(state.step))
@@ -358,7 +350,7 @@ def train(
             host_metrics = {k: float(v) for k, v in replicated_to_host(metrics).items()}
             check_finite(step, host_metrics)  # before anything can checkpoint this state
             meter.add(host_metrics, _count_tokens(local))
-            if multihost_preemption(step) if jax.process_count() > 1 else preempted["flag"]:
+            if guard.should_stop(step):
                 stop = "sigterm"
             if step % log_period == 0 or step == train_steps or stop:
                 last_train, line = meter.flush(step)
@@ -383,8 +375,7 @@ def train(
     finally:
         ckpt.close()
         logger.close()
-        if jax.process_count() == 1:
-            signal.signal(signal.SIGTERM, previous_handler)
+        guard.__exit__()
 
     result = TrainResult(
         model_dir=str(model_dir_path),
@@ -401,15 +392,6 @@ def train(
     if print_summary and jax.process_index() == 0:
         print(result.summary(), flush=True)
     return result
-
-
-def multihost_preemption(step: int) -> bool:
-    from jax.experimental import multihost_utils
-
-    try:
-        return bool(multihost_utils.reached_preemption_sync_point(step))
-    except Exception:  # noqa: BLE001 - no preemption service (not on a managed pod)
-        return False
 
 
 def _meta(batches_consumed: int, task: str, batch_size: int, seed: int) -> dict[str, Any]:
@@ -438,8 +420,8 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         print(f"iqlearn-train: error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2
-    maybe_initialize_distributed()
     try:
+        maybe_initialize_distributed()  # before anything touches a device; bad launch variables: exit 2
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
         from iqlearn_jax.tasks import register_tasks
 

@@ -13,6 +13,10 @@ and the benchmarks; there is no second copy of the step:
 A model is anything with T5X's interface: `get_initial_variables(rng, input_shapes, input_types)` → {'params',
 'params_axes'}, `loss_fn(params, batch, dropout_rng, step=None)` → (scalar loss, metrics dict of scalars) and
 `eval_fn(params, batch)` → (loss, metrics).
+
+Algorithms with their own step or several networks (online IQLearn, GAIL; `iqlearn_jax.algorithms`) pass
+`algorithm=` to the same functions: the algorithm says how the params / optimizer state are laid out (one model
+params tree, or a dict keyed by network name) and supplies the pure step; placement and jit stay here.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ class TrainState:
     """Everything a resumed run needs besides the data position.
 
     step: int32 scalar, number of optimizer updates applied so far.
-    params: parameter tree (float32).
-    opt_state: optax state.
+    params: parameter tree (float32): the model's, or for several networks (GAIL) a dict {network name: model
+      params tree} including frozen networks (GAIL's 'reference'), see `iqlearn_jax.algorithms`.
+    opt_state: optax state (for several networks a dict over the trainable network names).
     rng: raw uint32[2] PRNG key; the dropout key of step s is fold_in(rng, s), so it never changes.
     """
 
@@ -97,26 +102,37 @@ def _unfreeze(tree: Any) -> Any:
 
 
 # ---- state ----------------------------------------------------------------------------------------------------
-def _init_fn(model: Any, optimizer: optax.GradientTransformation, shapes: FeatureShapes, seed: int):
+def _init_fn(
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    shapes: FeatureShapes,
+    seed: int,
+    algorithm: Any = None,
+):
     input_shapes, input_types = _input_shapes_and_types(shapes)
 
     def init(seed_array: jax.Array) -> TrainState:
         key = jax.random.PRNGKey(seed_array)
         init_rng, train_rng = jax.random.split(key)
-        variables = model.get_initial_variables(init_rng, input_shapes, input_types)
-        params = _unfreeze(variables["params"])
+        if algorithm is None:
+            variables = model.get_initial_variables(init_rng, input_shapes, input_types)
+            params = _unfreeze(variables["params"])
+            opt_state = optimizer.init(params)
+        else:
+            params = algorithm.init_params(model, init_rng, input_shapes, input_types)
+            opt_state = algorithm.init_opt_state(optimizer, params)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            opt_state=optimizer.init(params),
+            opt_state=opt_state,
             rng=train_rng,
         )
 
     return init
 
 
-def params_axes(model: Any, shapes: FeatureShapes) -> Any:
-    """The model's `params_axes` tree, computed abstractly (no parameters materialised)."""
+def params_axes(model: Any, shapes: FeatureShapes, algorithm: Any = None) -> Any:
+    """The model's `params_axes` tree (the algorithm's, shaped like its params), computed abstractly."""
     input_shapes, input_types = _input_shapes_and_types(shapes)
     variables = jax.eval_shape(
         lambda: model.get_initial_variables(jax.random.PRNGKey(0), input_shapes, input_types)
@@ -125,6 +141,8 @@ def params_axes(model: Any, shapes: FeatureShapes) -> Any:
         raise ValueError(
             "model.get_initial_variables returned no 'params_axes' (T5X's param_with_axes)"
         )
+    if algorithm is not None:
+        return algorithm.params_axes(variables["params_axes"])
     return variables["params_axes"]
 
 
@@ -134,10 +152,18 @@ def train_state_shardings(
     partitioner: Partitioner,
     abstract_state: TrainState,
     shapes: FeatureShapes,
+    algorithm: Any = None,
 ) -> TrainState:
     """NamedShardings for every leaf of the train state (params by logical axes, optimizer state alike)."""
-    param_specs = partitioner.params_specs(params_axes(model, shapes), abstract_state.params)
-    opt_specs = partitioner.optimizer_state_specs(optimizer, abstract_state.params, param_specs)
+    param_specs = partitioner.params_specs(
+        params_axes(model, shapes, algorithm), abstract_state.params
+    )
+    if algorithm is None:
+        opt_specs = partitioner.optimizer_state_specs(optimizer, abstract_state.params, param_specs)
+    else:
+        opt_specs = algorithm.opt_state_specs(
+            partitioner, optimizer, abstract_state.params, param_specs
+        )
     specs = TrainState(
         step=PartitionSpec(), params=param_specs, opt_state=opt_specs, rng=PartitionSpec()
     )
@@ -150,10 +176,11 @@ def abstract_train_state(
     partitioner: Partitioner,
     shapes: FeatureShapes,
     seed: int = 0,
+    algorithm: Any = None,
 ) -> tuple[TrainState, TrainState]:
     """(abstract state of ShapeDtypeStructs carrying their shardings, state shardings) via jax.eval_shape."""
-    abstract = jax.eval_shape(_init_fn(model, optimizer, shapes, seed), np.int32(seed))
-    shardings = train_state_shardings(model, optimizer, partitioner, abstract, shapes)
+    abstract = jax.eval_shape(_init_fn(model, optimizer, shapes, seed, algorithm), np.int32(seed))
+    shardings = train_state_shardings(model, optimizer, partitioner, abstract, shapes, algorithm)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
@@ -167,11 +194,14 @@ def init_train_state(
     shapes: FeatureShapes,
     seed: int = 0,
     state_shardings: TrainState | None = None,
+    algorithm: Any = None,
 ) -> TrainState:
     """Initialises params and optimizer state directly into their shardings (jit with out_shardings)."""
     if state_shardings is None:
-        _, state_shardings = abstract_train_state(model, optimizer, partitioner, shapes, seed)
-    init = _init_fn(model, optimizer, shapes, seed)
+        _, state_shardings = abstract_train_state(
+            model, optimizer, partitioner, shapes, seed, algorithm
+        )
+    init = _init_fn(model, optimizer, shapes, seed, algorithm)
     with partitioner.activation_context():
         return jax.jit(init, out_shardings=state_shardings)(np.int32(seed))
 
@@ -322,16 +352,18 @@ def build_train_step(
     num_microbatches: int = 1,
     learning_rate_fn: Callable[[Any], Any] | None = None,
     donate_state: bool = True,
+    algorithm: Any = None,
 ) -> PartitionedStep:
     """THE jitted train step: in_shardings (state, batch over 'data'), out_shardings (state, replicated
-    metrics), state donated."""
+    metrics), state donated. With `algorithm`, its pure step (`algorithm.make_step`) instead of the offline one."""
     batch_sharding = partitioner.sharding(PartitionSpec("data"))
     replicated = partitioner.replicated()
 
     def microbatch_sharding(ndim: int) -> NamedSharding:
         return partitioner.sharding(PartitionSpec(None, "data", *([None] * (ndim - 2))))
 
-    fn = make_train_step(model, optimizer, num_microbatches, learning_rate_fn, microbatch_sharding)
+    make = make_train_step if algorithm is None else algorithm.make_step
+    fn = make(model, optimizer, num_microbatches, learning_rate_fn, microbatch_sharding)
     return PartitionedStep(
         fn,
         partitioner,

@@ -1,0 +1,285 @@
+"""Multi-process start-up: decides whether and how to call `jax.distributed.initialize`, before JAX touches a device.
+
+Every process of a job runs the same command; `maybe_initialize_distributed()` reads the environment and picks the
+first matching way the job was launched:
+
+| launch | what is read | initialisation |
+|---|---|---|
+| by hand | `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID` | all three passed explicitly (jax itself reads only the address) |
+| SLURM (`srun`) | `SLURM_NTASKS` > 1 and jax's SLURM variables | `jax.distributed.initialize()`, jax's SLURM detection |
+| Open MPI (`mpirun`) | `OMPI_COMM_WORLD_SIZE` > 1 with `OMPI_MCA_orte_hnp_uri` | `jax.distributed.initialize()`, jax's Open MPI detection |
+| Cloud TPU VM pod slice | jax found a TPU VM (libtpu + TPU chips) and the slice has > 1 worker | `jax.distributed.initialize()`, jax's TPU detection |
+| anything else | — | none: one process |
+
+`IQLEARN_DISTRIBUTED=1` forces the no-argument `jax.distributed.initialize()` (jax's own detection; what
+launch/tpu_vm.sh sets on TPU VMs), `IQLEARN_DISTRIBUTED=0` forbids initialisation. Partial or malformed settings raise
+`ConfigError` (exit status 2) naming the missing or bad variable.
+
+TPU worker count, in jax's own order of sources (jax/_src/clusters/cloud_tpu_cluster.py): `TPU_PROCESS_ADDRESSES`
+or `TPU_WORKER_HOSTNAMES` (set by GKE), then `MEGASCALE_NUM_SLICES` (multislice), then the GCE metadata server's
+instance attribute `worker-network-endpoints` (one comma-separated entry per worker of a TPU VM slice). What was
+verified here (no TPU at hand): the variables and attributes jax 0.10.2's detection reads, by reading that file;
+what is assumed: that a plain `gcloud compute tpus tpu-vm create` VM serves `worker-network-endpoints` (jax's
+`GceTpuCluster` relies on the same attribute, and on `agent-worker-number` for the process id).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from absl import logging
+
+from iqlearn_jax.gin_utils import ConfigError
+
+COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES = "JAX_NUM_PROCESSES"
+PROCESS_ID = "JAX_PROCESS_ID"
+MODE = "IQLEARN_DISTRIBUTED"
+# Variables jax's SlurmCluster needs (jax/_src/clusters/slurm_cluster.py); srun sets them for each task.
+SLURM_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+)
+_METADATA_URL = "http://{host}/computeMetadata/v1/instance/attributes/{key}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """How this process joins the job.
+
+    Attributes:
+      kind: 'single', 'manual', 'slurm', 'ompi', 'tpu' or 'forced' (IQLEARN_DISTRIBUTED=1).
+      initialize_kwargs: arguments for `jax.distributed.initialize` (None: do not initialise).
+      reason: one line naming what was detected, for the log.
+    """
+
+    kind: str
+    initialize_kwargs: dict[str, Any] | None
+    reason: str
+
+
+def _int_var(env: Mapping[str, str], name: str, minimum: int) -> int:
+    raw = env[name].strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} must be an integer >= {minimum}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be an integer >= {minimum}")
+    return value
+
+
+def _check_address(address: str) -> str:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"{COORDINATOR}={address!r} must be HOST:PORT of process 0 (e.g. 10.0.0.2:1234), with a port "
+            "in 1..65535"
+        )
+    return address.strip()
+
+
+def _manual_plan(env: Mapping[str, str]) -> LaunchPlan:
+    missing = [v for v in (COORDINATOR, NUM_PROCESSES, PROCESS_ID) if not env.get(v, "").strip()]
+    if missing:
+        raise ConfigError(
+            f"a hand-launched multi-process job needs {COORDINATOR}, {NUM_PROCESSES} and {PROCESS_ID} on every "
+            f"process; missing: {', '.join(missing)}"
+        )
+    address = _check_address(env[COORDINATOR])
+    num = _int_var(env, NUM_PROCESSES, 1)
+    pid = _int_var(env, PROCESS_ID, 0)
+    if pid >= num:
+        raise ConfigError(f"{PROCESS_ID}={pid} must be in 0..{num - 1} ({NUM_PROCESSES}={num})")
+    kwargs = {"coordinator_address": address, "num_processes": num, "process_id": pid}
+    return LaunchPlan("manual", kwargs, f"{COORDINATOR}={address}, process {pid} of {num}")
+
+
+def _slurm_plan(env: Mapping[str, str]) -> LaunchPlan | None:
+    if "SLURM_NTASKS" not in env or "SLURM_JOB_ID" not in env:
+        return None
+    if _int_var(env, "SLURM_NTASKS", 1) <= 1:
+        return None
+    missing = [v for v in SLURM_VARS if v not in env]
+    if missing:
+        raise ConfigError(
+            f"SLURM_NTASKS={env['SLURM_NTASKS']} but {', '.join(missing)} not set: start every task with "
+            "`srun` (inside sbatch), which sets them, or launch by hand with "
+            f"{COORDINATOR}/{NUM_PROCESSES}/{PROCESS_ID}"
+        )
+    return LaunchPlan(
+        "slurm",
+        {},
+        f"SLURM job {env['SLURM_JOB_ID']}, task {env['SLURM_PROCID']} of {env['SLURM_NTASKS']}",
+    )
+
+
+def _ompi_plan(env: Mapping[str, str]) -> LaunchPlan | None:
+    if "OMPI_COMM_WORLD_SIZE" not in env or _int_var(env, "OMPI_COMM_WORLD_SIZE", 1) <= 1:
+        return None
+    size, rank = env["OMPI_COMM_WORLD_SIZE"], env.get("OMPI_COMM_WORLD_RANK", "?")
+    if "OMPI_MCA_orte_hnp_uri" in env:
+        return LaunchPlan("ompi", {}, f"Open MPI rank {rank} of {size}")
+    # Open MPI >= 5 (PMIx) sets no ORTE URI: the address from the user, count and rank from MPI.
+    if env.get(COORDINATOR, "").strip():
+        kwargs = {
+            "coordinator_address": _check_address(env[COORDINATOR]),
+            "num_processes": _int_var(env, "OMPI_COMM_WORLD_SIZE", 1),
+            "process_id": _int_var(env, "OMPI_COMM_WORLD_RANK", 0),
+        }
+        return LaunchPlan("ompi", kwargs, f"Open MPI rank {rank} of {size}, {COORDINATOR} given")
+    raise ConfigError(
+        f"Open MPI job (OMPI_COMM_WORLD_SIZE={size}) without OMPI_MCA_orte_hnp_uri (Open MPI >= 5): set "
+        f"{COORDINATOR}=HOST:PORT of rank 0 on every rank"
+    )
+
+
+def running_on_cloud_tpu_vm() -> bool:
+    """True when jax found libtpu and TPU chips at import (jax's `cloud_tpu_init.running_in_cloud_tpu_vm`)."""
+    try:
+        import jax  # noqa: F401 - importing jax runs its Cloud TPU detection
+        from jax._src import cloud_tpu_init
+
+        return bool(cloud_tpu_init.running_in_cloud_tpu_vm)
+    except (ImportError, AttributeError):
+        return False
+
+
+def tpu_metadata(key: str, timeout_s: float = 5.0) -> str | None:
+    """A TPU VM instance attribute from the GCE metadata server (None when unreadable)."""
+    host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
+    request = urllib.request.Request(
+        _METADATA_URL.format(host=host, key=key), headers={"Metadata-Flavor": "Google"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.read().decode()
+    except OSError as e:
+        logging.warning("GCE metadata %r not readable: %s", key, e)
+        return None
+
+
+def tpu_worker_count(env: Mapping[str, str], metadata: Callable[[str], str | None]) -> int | None:
+    """Processes of this TPU job (workers per slice × slices); None when no source says."""
+    slices = int(env.get("MEGASCALE_NUM_SLICES") or 1)
+    hosts = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES")
+    if hosts is None:
+        hosts = metadata("worker-network-endpoints")
+    if hosts is None:
+        return None if slices == 1 else slices
+    return len([h for h in hosts.split(",") if h.strip()]) * slices
+
+
+def plan_from_env(
+    env: Mapping[str, str],
+    on_tpu_vm: Callable[[], bool] = running_on_cloud_tpu_vm,
+    metadata: Callable[[str], str | None] = tpu_metadata,
+) -> LaunchPlan:
+    """The launch plan for this process (pure apart from the TPU probes, which tests replace)."""
+    mode = env.get(MODE, "auto").strip().lower()
+    if mode not in ("auto", "1", "0", "on", "off", "true", "false"):
+        raise ConfigError(f"{MODE}={env[MODE]!r} must be auto, 1 (force) or 0 (never)")
+    if mode in ("0", "off", "false"):
+        return LaunchPlan("single", None, f"{MODE}={env[MODE]}")
+    if env.get(NUM_PROCESSES, "").strip() or env.get(PROCESS_ID, "").strip():
+        return _manual_plan(env)
+    for plan in (_slurm_plan(env), _ompi_plan(env)):
+        if plan is not None:
+            return plan
+    tpu = on_tpu_vm()
+    if mode in ("1", "on", "true"):
+        return LaunchPlan("forced", {}, f"{MODE}={env[MODE]} (jax's own cluster detection)")
+    if tpu:
+        workers = tpu_worker_count(env, metadata)
+        if workers is None:
+            logging.warning(
+                "Cloud TPU VM with an unknown worker count (no TPU_WORKER_HOSTNAMES, metadata unreadable): "
+                "running as one process; set %s=1 on every worker of a pod slice",
+                MODE,
+            )
+        elif workers > 1:
+            return LaunchPlan("tpu", {}, f"Cloud TPU VM pod slice with {workers} workers")
+    if env.get(COORDINATOR, "").strip():
+        if tpu:  # jax's TPU detection supplies count and id (e.g. one-worker slice with an explicit address)
+            return LaunchPlan("tpu", {}, f"Cloud TPU VM, {COORDINATOR} given")
+        return _manual_plan(env)  # names the two missing variables
+    return LaunchPlan("single", None, "no multi-process launch detected")
+
+
+def maybe_initialize_distributed(force: bool | None = None) -> LaunchPlan:
+    """Initialises `jax.distributed` when this process is one of several (see the module docstring).
+
+    Call it before anything touches a JAX device. Idempotent.
+
+    Args:
+      force: True initialises even when nothing is detected (jax's own detection), False never; None (default)
+        follows the environment.
+
+    Raises:
+      ConfigError: partial or malformed launch variables, naming them.
+    """
+    import jax
+
+    env = dict(os.environ)
+    if force is not None:
+        env[MODE] = "1" if force else "0"
+    plan = plan_from_env(env)
+    if plan.initialize_kwargs is None or jax.distributed.is_initialized():
+        return plan
+    try:
+        jax.distributed.initialize(**plan.initialize_kwargs)
+    except ValueError as e:  # jax could not complete the settings (forced start outside a cluster)
+        raise ConfigError(f"jax.distributed.initialize failed ({plan.reason}): {e}") from e
+    logging.info(
+        "jax.distributed initialised (%s): process %d of %d, %d local / %d global devices",
+        plan.reason,
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return plan
+
+
+def is_primary() -> bool:
+    """True on process 0, the only one that prints to the console and writes shared files."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def primary_print(*args: Any, **kwargs: Any) -> None:
+    """`print(..., flush=True)` on process 0 only."""
+    if is_primary():
+        print(*args, flush=True, **kwargs)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on at least one (a collective: every process must call it at
+    the same point). One process: `flag` itself, no device work. Several: a tiny all-gather over all devices,
+    which waits for the work already queued on this process's devices."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
+def barrier(name: str) -> None:
+    """All processes wait here (no-op on one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from iqlearn_jax import optimizers, preemption, trainer
+from iqlearn_jax import algorithms, optimizers, preemption, trainer
 from iqlearn_jax.checkpoints import manager as ckpt_lib
 from iqlearn_jax.distributed import maybe_initialize_distributed, primary_print
 from iqlearn_jax.gin_utils import (  # noqa: F401 - re-exported for callers of iqlearn_jax.train
@@ -184,6 +184,7 @@ def train(
     initial_checkpoint_path: str | None = None,
     initial_checkpoint_format: str = "auto",
     pack: bool = False,
+    algorithm: Any = None,
     print_summary: bool = True,
     stop_after_steps: int | None = None,
     build_only: bool = False,
@@ -206,6 +207,8 @@ def train(
       checkpoint_period / keep_checkpoints: save every N steps and at the end; keep the newest K.
       initial_checkpoint_path / initial_checkpoint_format: params to start from ('auto', 'orbax', 't5x', 'hf')
         when MODEL_DIR has no checkpoint yet.
+      algorithm: None (offline: the model's objective on the data) or an `iqlearn_jax.algorithms` algorithm
+        (online IQLearn, GAIL: policy samples inside the step, possibly several networks in one train state).
       stop_after_steps: (tests) return after this many steps of this invocation, without the final save.
       build_only: return the `TrainComponents` (model, optimizer, partitioner, abstract state, shardings, the
         jitted step) without data, parameters or MODEL_DIR; pass `partitioner=` to build for other devices.
@@ -227,6 +230,10 @@ def train(
         if value < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {value}")
     _check_task(mixture_or_task_name)
+    algorithm = algorithms.prepare(
+        algorithm, model, task_feature_lengths, num_microbatches=num_microbatches, pack=pack,
+        initial_checkpoint_path=initial_checkpoint_path, model_dir=None if build_only else model_dir,
+    )  # fmt: skip
     if not build_only:
         model_dir_path = _check_model_dir(_required("model_dir", model_dir))
     partitioner = partitioner or Partitioner()
@@ -242,11 +249,12 @@ def train(
 
     shapes = trainer.model_feature_shapes(model, task_feature_lengths, batch_size, pack=pack)
     abstract_state, shardings = trainer.abstract_train_state(
-        model, optimizer, partitioner, shapes, seed
+        model, optimizer, partitioner, shapes, seed, algorithm
     )
     step_fn = trainer.build_train_step(
-        model, optimizer, partitioner, shardings, num_microbatches, learning_rate_fn
-    )
+        model, optimizer, partitioner, shardings, num_microbatches, learning_rate_fn,
+        algorithm=algorithm,
+    )  # fmt: skip
     if build_only:
         return TrainComponents(
             model, optimizer, learning_rate_fn, partitioner, shapes, num_microbatches,
@@ -260,8 +268,8 @@ def train(
         try:
             initial_params = ckpt_lib.load_initial_params(
                 initial_checkpoint_path,
-                abstract_state.params,
-                shardings.params,
+                algorithms.policy_view(algorithm, abstract_state.params),
+                algorithms.policy_view(algorithm, shardings.params),
                 initial_checkpoint_format,
             )
         except (ckpt_lib.CheckpointMismatchError, FileNotFoundError) as e:
@@ -277,9 +285,13 @@ def train(
         batches_consumed = int(meta.get("batches_consumed", 0))
         logging.info("resuming (%d batches consumed)", batches_consumed)
     else:
-        state = trainer.init_train_state(model, optimizer, partitioner, shapes, seed, shardings)
-        if initial_params is not None:
-            state = state.replace(params=initial_params)
+        state = trainer.init_train_state(
+            model, optimizer, partitioner, shapes, seed, shardings, algorithm
+        )
+        if initial_params is not None:  # every network the algorithm initialises from it
+            state = state.replace(
+                params=algorithms.fill_from_initial(algorithm, initial_params, shardings.params)
+            )
             logging.info("initial params from %s", initial_checkpoint_path)
         batches_consumed = 0
     _write_config(model_dir_path, int(replicated_to_host(state.step)))
@@ -298,7 +310,9 @@ def train(
     ).skip(batches_consumed)
     train_iter = train_ds.prefetch(2).as_numpy_iterator()
     eval_data = None
-    eval_fn = trainer.build_eval_step(model, partitioner, shardings.params)
+    eval_fn = trainer.build_eval_step(
+        model, partitioner, algorithms.policy_view(algorithm, shardings.params)
+    )
     logger = MetricsLogger(model_dir_path)
 
     guard = preemption.PreemptionGuard().__enter__()  # SIGTERM on any process: all save at one step
@@ -327,7 +341,11 @@ def train(
                 )
         sums: dict[str, float] = {}
         for local in eval_data:
-            m = replicated_to_host(eval_fn(state.params, partitioner.shard_batch(local)))
+            m = replicated_to_host(
+                eval_fn(
+                    algorithms.policy_view(algorithm, state.params), partitioner.shard_batch(local)
+                )
+            )
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         out = {k: v / len(eval_data) for k, v in sums.items()} if eval_data else {}

@@ -1,11 +1,22 @@
 """Safe arithmetic for GSM8k calculator annotations (``<<48/2=24>>``) during decoding.
 
-``evaluate_expression`` accepts only number literals, binary + - * /, unary + and -, and parentheses, parsed with
-``ast`` and evaluated with exact rational arithmetic (``fractions.Fraction``, so 0.1+0.2 is 0.3). Everything else —
-names, calls, attributes, ``**``, ``//``, ``%``, comparisons, strings, ``__import__`` — is refused. Bounds: at most
-``MAX_EXPRESSION_CHARS`` characters, ``MAX_ABS_VALUE`` in magnitude for every literal and intermediate result,
-``MAX_DENOMINATOR_DIGITS`` digits of denominator, and a wall-clock deadline. Errors come back as a ``CalcResult``
-with ``error`` set; nothing is ever raised into the decoding loop.
+``evaluate_expression`` accepts GSM8k's arithmetic and nothing else. Grammar (whitespace ignored)::
+
+    expr    := term (("+" | "-") term)*
+    term    := unary (("*" | "/") unary)*
+    unary   := ("+" | "-")* primary
+    primary := number | "(" expr ")"
+    number  := digits ["." digits] | "." digits          (digits: 0-9 only)
+
+so underscores, exponents (``1e15``), hex/octal/binary (``0x10``), ``**``, ``//``, ``%``, names and calls are refused.
+Before parsing, a ``$`` and thousands separators between digits (``1,000``) are dropped, as GSM8k writes them.
+Values are exact rationals (``fractions.Fraction``: 0.1+0.2 is 0.3).
+
+Limits are deterministic (they depend on the expression only, never on time or machine load): at most
+``MAX_EXPRESSION_CHARS`` characters; every literal and intermediate result at most ``MAX_ABS_VALUE`` in magnitude
+with at most ``MAX_DENOMINATOR_DIGITS`` denominator digits. So an evaluation is at most ~100 operations on integers
+below 10^45: microseconds, with no wall-clock deadline. Errors come back as a ``CalcResult`` with ``error`` set;
+nothing is ever raised into the decoding loop.
 
 ``calculator_completion(text)`` is the text-level hook: if the generated text ends inside an unclosed annotation
 ``<<expr=``, it returns the text to append (``"24>>"``), else None. Numbers are formatted as integers without
@@ -15,19 +26,18 @@ with ``error`` set; nothing is ever raised into the decoding loop.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import re
-import time
 from fractions import Fraction
 
 MAX_EXPRESSION_CHARS = 200
 MAX_ABS_VALUE = Fraction(10) ** 15
 MAX_DENOMINATOR_DIGITS = 30
-TIME_LIMIT_S = 0.05
 DECIMALS = 6
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_TOKEN = re.compile(r"\s*(?:(?P<number>\d+(?:\.\d*)?|\.\d+)|(?P<op>[-+*/()]))")
+_ALLOWED = "digits, '.', + - * / and parentheses"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,61 +56,96 @@ class _Refused(Exception):
     pass
 
 
-class _Evaluator:
-    def __init__(self, deadline: float):
-        self.deadline = deadline
+def _tokenize(text: str) -> list[tuple[str, str, int]]:
+    """[(kind 'number' | 'op', text, 1-based position)]; any other character is refused by position."""
+    tokens, i = [], 0
+    while i < len(text):
+        if text[i:].strip() == "":
+            break
+        match = _TOKEN.match(text, i)
+        if match is None or match.end() == i:
+            j = i + len(text[i:]) - len(text[i:].lstrip())
+            raise _Refused(f"character {text[j]!r} at position {j + 1} is not allowed (only {_ALLOWED})")
+        kind = "number" if match.group("number") is not None else "op"
+        tokens.append((kind, match.group(kind), match.start(kind) + 1))
+        i = match.end()
+    return tokens
 
-    def _check(self, x: Fraction) -> Fraction:
-        if abs(x) > MAX_ABS_VALUE:
-            raise _Refused(f"magnitude {float(x):.3g} exceeds the bound {float(MAX_ABS_VALUE):.0e}")
-        if len(str(x.denominator)) > MAX_DENOMINATOR_DIGITS:
-            raise _Refused("result needs too much precision")
-        if time.perf_counter() > self.deadline:
-            raise _Refused(f"time limit of {TIME_LIMIT_S}s exceeded")
-        return x
 
-    def eval(self, node: ast.AST) -> Fraction:
-        if isinstance(node, ast.Expression):
-            return self.eval(node.body)
-        if isinstance(node, ast.Constant):
-            if isinstance(node.value, bool) or not isinstance(node.value, int | float):
-                raise _Refused(f"literal {node.value!r} is not a number")
-            return self._check(
-                Fraction(node.value) if isinstance(node.value, int) else Fraction(str(node.value))
-            )
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd | ast.USub):
-            v = self.eval(node.operand)
-            return self._check(-v if isinstance(node.op, ast.USub) else v)
-        if isinstance(node, ast.BinOp) and isinstance(
-            node.op, ast.Add | ast.Sub | ast.Mult | ast.Div
-        ):
-            a = self.eval(node.left)
-            b = self.eval(node.right)
-            if isinstance(node.op, ast.Add):
-                return self._check(a + b)
-            if isinstance(node.op, ast.Sub):
-                return self._check(a - b)
-            if isinstance(node.op, ast.Mult):
-                return self._check(a * b)
-            if b == 0:
-                raise _Refused("division by zero")
-            return self._check(a / b)
-        what = (
-            type(node.op).__name__
-            if isinstance(node, ast.BinOp | ast.UnaryOp)
-            else type(node).__name__
-        )
+def _check(x: Fraction) -> Fraction:
+    if abs(x) > MAX_ABS_VALUE:
         raise _Refused(
-            f"{what} is not allowed (only numbers, + - * /, unary minus and parentheses)"
+            f"magnitude of {format_number(x)} exceeds the bound {format_number(MAX_ABS_VALUE)}"
         )
+    if len(str(x.denominator)) > MAX_DENOMINATOR_DIGITS:
+        raise _Refused(f"result needs more than {MAX_DENOMINATOR_DIGITS} digits of precision")
+    return x
+
+
+class _Parser:
+    """Recursive descent over the tokens; recursion only through parentheses (at most 100 deep)."""
+
+    def __init__(self, tokens: list[tuple[str, str, int]]):
+        self.tokens, self.i = tokens, 0
+
+    def _peek(self) -> tuple[str, str, int] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def _unexpected(self, expected: str) -> _Refused:
+        token = self._peek()
+        if token is None:
+            return _Refused(f"expression ends early: expected {expected}")
+        return _Refused(f"{token[1]!r} at position {token[2]} is not allowed here: expected {expected}")
+
+    def parse(self) -> Fraction:
+        value = self.expr()
+        if self._peek() is not None:
+            raise self._unexpected("an operator + - * / or the end")
+        return value
+
+    def expr(self) -> Fraction:
+        value = self.term()
+        while (token := self._peek()) is not None and token[1] in "+-":
+            self.i += 1
+            right = self.term()
+            value = _check(value + right if token[1] == "+" else value - right)
+        return value
+
+    def term(self) -> Fraction:
+        value = self.unary()
+        while (token := self._peek()) is not None and token[1] in "*/":
+            self.i += 1
+            right = self.unary()
+            if token[1] == "/" and right == 0:
+                raise _Refused("division by zero")
+            value = _check(value * right if token[1] == "*" else value / right)
+        return value
+
+    def unary(self) -> Fraction:
+        negative = False
+        while (token := self._peek()) is not None and token[1] in "+-":
+            negative ^= token[1] == "-"
+            self.i += 1
+        value = self.primary()
+        return -value if negative else value
+
+    def primary(self) -> Fraction:
+        token = self._peek()
+        if token is not None and token[0] == "number":
+            self.i += 1
+            return _check(Fraction(token[1]))
+        if token is not None and token[1] == "(":
+            self.i += 1
+            value = self.expr()
+            if (close := self._peek()) is None or close[1] != ")":
+                raise self._unexpected("')'")
+            self.i += 1
+            return value
+        raise self._unexpected("a number or '('")
 
 
 def evaluate_expression(expr: str) -> CalcResult:
-    """Evaluates an arithmetic expression safely; never raises (errors are returned in ``CalcResult.error``).
-
-    Thousands separators between digits (``1,000``) and a leading ``$`` on numbers are accepted, as they occur
-    in GSM8k annotations.
-    """
+    """Evaluates an arithmetic expression of the grammar above; never raises (errors in ``CalcResult.error``)."""
     if not isinstance(expr, str):
         return CalcResult(error=f"expression must be a string, got {type(expr).__name__}")
     if len(expr) > MAX_EXPRESSION_CHARS:
@@ -111,13 +156,9 @@ def evaluate_expression(expr: str) -> CalcResult:
     if not cleaned:
         return CalcResult(error="empty expression")
     try:
-        tree = ast.parse(cleaned, mode="eval")
-        value = _Evaluator(time.perf_counter() + TIME_LIMIT_S).eval(tree)
+        return CalcResult(value=_Parser(_tokenize(cleaned)).parse())
     except _Refused as e:
         return CalcResult(error=str(e))
-    except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError) as e:
-        return CalcResult(error=f"cannot parse {expr!r}: {type(e).__name__}")
-    return CalcResult(value=value)
 
 
 def format_number(value: Fraction) -> str:

@@ -33,7 +33,6 @@ import dataclasses
 import pathlib
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +42,7 @@ import numpy as np
 from absl import flags, logging
 
 from iqlearn_jax import algorithms, optimizers, preemption, trainer
+from iqlearn_jax import preflight
 from iqlearn_jax.checkpoints import manager as ckpt_lib
 from iqlearn_jax.distributed import maybe_initialize_distributed, primary_print
 from iqlearn_jax.gin_utils import (  # noqa: F401 - re-exported for callers of iqlearn_jax.train
@@ -125,20 +125,6 @@ def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
     return n * jax.process_count()
 
 
-def _check_model_dir(model_dir: str) -> pathlib.Path:
-    path = pathlib.Path(model_dir).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"MODEL_DIR {str(path)!r} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_probe_{uuid.uuid4().hex}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"MODEL_DIR {str(path)!r} is not writable: {e.strerror or e}") from e
-    return path
-
-
 # ---- the loop -------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainComponents:
@@ -183,6 +169,7 @@ def train(
     async_checkpointing: bool = True,
     initial_checkpoint_path: str | None = None,
     initial_checkpoint_format: str = "auto",
+    allow_fresh_start_over_damaged: bool = False,
     pack: bool = False,
     algorithm: Any = None,
     print_summary: bool = True,
@@ -206,7 +193,9 @@ def train(
       log_period: steps between progress lines / metric records.
       checkpoint_period / keep_checkpoints: save every N steps and at the end; keep the newest K.
       initial_checkpoint_path / initial_checkpoint_format: params to start from ('auto', 'orbax', 't5x', 'hf')
-        when MODEL_DIR has no checkpoint yet.
+        when MODEL_DIR has no checkpoint yet (when it has, a note says the initial checkpoint is not used).
+      allow_fresh_start_over_damaged: when MODEL_DIR has checkpoints and none can be restored, set them aside
+        and train from scratch (default: refuse, exit 2).
       algorithm: None (offline: the model's objective on the data) or an `iqlearn_jax.algorithms` algorithm
         (online IQLearn, GAIL: policy samples inside the step, possibly several networks in one train state).
       stop_after_steps: (tests) return after this many steps of this invocation, without the final save.
@@ -215,27 +204,29 @@ def train(
     """
     t_start = time.time()
     model = _required("model", model)
-    task_feature_lengths = dict(_required("task_feature_lengths", task_feature_lengths))
-    batch_size = int(_required("batch_size", batch_size))
-    train_steps = int(_required("train_steps", train_steps))
-    mixture_or_task_name = _required("mixture_or_task_name", mixture_or_task_name)
+    preflight.check_values(dict(
+        task_feature_lengths=_required("task_feature_lengths", task_feature_lengths),
+        batch_size=_required("batch_size", batch_size), train_steps=_required("train_steps", train_steps),
+        mixture_or_task_name=_required("mixture_or_task_name", mixture_or_task_name),
+        num_microbatches=num_microbatches, seed=seed, train_split=train_split, eval_split=eval_split,
+        eval_period=eval_period, eval_batches=eval_batches, log_period=log_period,
+        checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints, pack=pack,
+        initial_checkpoint_path=initial_checkpoint_path, initial_checkpoint_format=initial_checkpoint_format,
+        stop_after_steps=stop_after_steps, allow_fresh_start_over_damaged=allow_fresh_start_over_damaged,
+    ))  # fmt: skip
+    task_feature_lengths = dict(task_feature_lengths)
+    batch_size, train_steps = int(batch_size), int(train_steps)
     if optimizer is None:
         learning_rate_fn = learning_rate_fn or optimizers.warmup_constant(1e-4, 2000)
         optimizer = optimizers.adafactor(learning_rate_fn)
-    for name, value in [
-        ("checkpoint_period", checkpoint_period),
-        ("log_period", log_period),
-        ("eval_period", eval_period),
-    ]:
-        if value < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {value}")
     _check_task(mixture_or_task_name)
     algorithm = algorithms.prepare(
         algorithm, model, task_feature_lengths, num_microbatches=num_microbatches, pack=pack,
         initial_checkpoint_path=initial_checkpoint_path, model_dir=None if build_only else model_dir,
     )  # fmt: skip
     if not build_only:
-        model_dir_path = _check_model_dir(_required("model_dir", model_dir))
+        preflight.check_values({"model_dir": _required("model_dir", model_dir)})
+        model_dir_path = preflight.check_model_dir(model_dir)  # not created yet
     partitioner = partitioner or Partitioner()
     try:
         local_batch = partitioner.local_batch_size(batch_size)
@@ -260,9 +251,13 @@ def train(
             model, optimizer, learning_rate_fn, partitioner, shapes, num_microbatches,
             abstract_state, shardings, trainer.abstract_batch(shapes, partitioner), step_fn,
         )  # fmt: skip
-    has_checkpoint = any(
-        c.name.isdigit() for c in (model_dir_path / ckpt_lib.CHECKPOINTS_SUBDIR).glob("*")
-    )
+    preflight.check_task_features(mixture_or_task_name, task_feature_lengths)
+    preflight.check_first_batches(
+        get_dataset, model, mixture_or_task_name,
+        [(train_split, True)] + ([(eval_split, False)] if eval_split is not None else []),
+        task_feature_lengths, local_batch, partitioner.shard_info(), seed, pack,
+    )  # fmt: skip
+    has_checkpoint = preflight.initial_checkpoint_unused(initial_checkpoint_path, model_dir_path)
     initial_params = None
     if initial_checkpoint_path and not has_checkpoint:
         try:
@@ -272,14 +267,22 @@ def train(
                 algorithms.policy_view(algorithm, shardings.params),
                 initial_checkpoint_format,
             )
-        except (ckpt_lib.CheckpointMismatchError, FileNotFoundError) as e:
+        except (OSError, ValueError) as e:  # not found, unreadable, another format or model
             raise ConfigError(str(e)) from e
 
     # ---- from here on MODEL_DIR is written ----
+    model_dir_path.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_lib.TrainCheckpointManager(
         model_dir_path, keep=keep_checkpoints, async_save=async_checkpointing
     )
-    restored = ckpt.restore_latest(abstract_state)
+    try:  # a mismatched checkpoint (model, optimizer, task, batch size) raises ConfigError, nothing moved
+        restored = ckpt.restore_latest(
+            abstract_state, {"task": mixture_or_task_name, "batch_size": batch_size},
+            allow_fresh_start=allow_fresh_start_over_damaged,
+        )  # fmt: skip
+    except ConfigError:
+        ckpt.close()
+        raise
     if restored is not None:
         state, meta = restored
         batches_consumed = int(meta.get("batches_consumed", 0))
@@ -313,7 +316,7 @@ def train(
     eval_fn = trainer.build_eval_step(
         model, partitioner, algorithms.policy_view(algorithm, shardings.params)
     )
-    logger = MetricsLogger(model_dir_path)
+    logger = MetricsLogger(model_dir_path, resume_step=int(replicated_to_host(state.step)))
 
     guard = preemption.PreemptionGuard().__enter__()  # SIGTERM on any process: all save at one step
 

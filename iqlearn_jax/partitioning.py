@@ -8,8 +8,8 @@ Everything that decides where an array lives goes through a `Partitioner`:
     with partitioner.activation_context():              # mesh + rules for nn.with_logical_constraint
         compiled = jax.jit(step, in_shardings=..., out_shardings=...)
 
-Logical axis names (DESIGN.md §3): batch, length, embed, mlp, heads, kv, joined_kv, vocab, relpos_buckets,
-abspos_buckets. The mapping to mesh axes follows T5X's standard rules (1-D parameter and activation partitioning):
+Logical axis names (DESIGN.md §3): batch, length, embed, mlp, heads, kv, joined_kv, kv_heads, kv_heads_joined,
+vocab, relpos_buckets, abspos_buckets. The mapping to mesh axes follows T5X's standard rules (1-D parameter and activation partitioning):
 batch → 'data'; vocab, mlp, heads, joined_kv → 'model'; the rest replicated.
 """
 
@@ -44,6 +44,10 @@ def standard_logical_axis_rules() -> tuple[tuple[str, str | None], ...]:
         ("mlp", MODEL_AXIS),
         ("heads", MODEL_AXIS),
         ("joined_kv", MODEL_AXIS),
+        # Grouped-query attention (networks/llama.py): key/value heads and their joined kernel axis shard on
+        # 'model' when the model axis divides them (Partitioner.logical_to_spec replicates otherwise).
+        ("kv_heads", MODEL_AXIS),
+        ("kv_heads_joined", MODEL_AXIS),
         ("kv", None),
         ("embed", None),
         ("length", None),

@@ -321,6 +321,7 @@ def prefill_cache(
         {"params": params},
         aligned,
         region,  # valid (non-padding) positions for the attention mask
+        decoder_segment_ids=region,  # the same, for networks that never read padding from token ids (llama.py)
         decoder_causal_attention=region if decoder_causal_attention is not None else None,
         decode=False,
         enable_dropout=False,

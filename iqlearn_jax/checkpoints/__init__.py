@@ -3,6 +3,9 @@
 Each module owner appends the re-export line(s) of their module here.
 """
 
+from iqlearn_jax.checkpoints.gguf_import import import_gguf as import_gguf
+from iqlearn_jax.checkpoints.hf_decoder import export_hf_decoder as export_hf_decoder
+from iqlearn_jax.checkpoints.hf_decoder import import_hf_decoder as import_hf_decoder
 from iqlearn_jax.checkpoints.hf_t5 import export_hf_t5 as export_hf_t5
 from iqlearn_jax.checkpoints.hf_t5 import import_hf_t5 as import_hf_t5
 from iqlearn_jax.checkpoints.manager import CheckpointMismatchError as CheckpointMismatchError

@@ -376,6 +376,7 @@ INITIAL_CHECKPOINT_FORMATS: list[tuple[str, str, Any]] = [
         "state/ (Orbax), or a directory of checkpoint_<step>/ directories",
         _is_t5x,
     ),
+    ("gguf", "a .gguf file (llama.cpp; llama architecture)", lambda p: p.is_file() and p.suffix == ".gguf"),
 ]
 
 
@@ -487,9 +488,17 @@ def load_initial_params(
 
         params = import_t5x_checkpoint(str(path))
     elif fmt == "hf":
-        from iqlearn_jax.checkpoints import import_hf_t5
+        from iqlearn_jax.checkpoints import import_hf_decoder, import_hf_t5
+        from iqlearn_jax.checkpoints.hf_decoder import is_hf_decoder_dir
 
-        _, params = import_hf_t5(str(path))
+        if is_hf_decoder_dir(str(path)):  # Llama / Mistral / Qwen2 model_type
+            _, params = import_hf_decoder(str(path))
+        else:
+            _, params = import_hf_t5(str(path))
+    elif fmt == "gguf":
+        from iqlearn_jax.checkpoints import import_gguf
+
+        _, params, _ = import_gguf(str(path))
     else:
         known = ["auto", *(name for name, _, _ in INITIAL_CHECKPOINT_FORMATS)]
         raise ConfigError(f"train.initial_checkpoint_format must be one of {known}, got {fmt!r}")

@@ -1,0 +1,258 @@
+"""The one training + evaluation recipe shared by the embedded-task experiments (pareto, dataset_size,
+reward_correlation): a tiny T5.1.1 on `synthetic_arithmetic_varied_1step` (GSM8k-shaped word problems whose
+demonstrations are written in several equally correct phrasings), trained in-process with `iqlearn_jax.train.train`
+(gin, exactly as the CLI) and decoded with `iqlearn_jax.evaluate.evaluate`.
+
+Runs are cached: a run directory with a `DONE` marker is not trained again, an evaluation directory with a
+`summary.json` is not evaluated again, so an interrupted experiment resumes where it stopped and the experiments
+share runs with the same specification (the full-data runs of dataset_size.py are those of pareto.py). Work
+directory: $IQLEARN_EXPERIMENTS_DIR (default /tmp/iqlearn_experiments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+
+TASK = "synthetic_arithmetic_varied_1step"
+FEATURE_LENGTHS = {"inputs": 128, "targets": 80}
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def work_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("IQLEARN_EXPERIMENTS_DIR", "/tmp/iqlearn_experiments"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run. `coef` is β for mle_entropy, λ for iqlearn, unused for mle."""
+
+    objective: str
+    coef: float = 0.0
+    seed: int = 0
+    train_steps: int = 500
+    train_size: int | None = None  # None = the task's full train split (100k generated examples)
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    lam_warmup_steps: int = 50
+    eval_period: int = (
+        50  # validation loss / token accuracy every this many steps (learning curves)
+    )
+    checkpoint_period: int = 100
+    model_gin: str = "models/t5_1_1_tiny.gin"
+
+    @property
+    def name(self) -> str:
+        coef = "" if self.objective == "mle" else f"_{self.coef:g}"
+        size = "" if self.train_size is None else f"_n{self.train_size}"
+        return f"{self.objective}{coef}{size}_s{self.seed}_steps{self.train_steps}"
+
+    @property
+    def task(self) -> str:
+        return TASK if self.train_size is None else f"{TASK}_train{self.train_size}"
+
+    @property
+    def label(self) -> str:
+        """Legend label: objective and coefficient."""
+        if self.objective == "mle":
+            return "MLE"
+        if self.objective == "mle_entropy":
+            return f"MLE+entropy β={self.coef:g}"
+        return f"IQLearn λ={self.coef:g}"
+
+    def gin_files(self) -> list[str]:
+        return [
+            self.model_gin,
+            "runs/finetune.gin",
+            f"objectives/{self.objective}.gin",
+            "tasks/synthetic_arithmetic.gin",
+        ]
+
+    def gin_bindings(self, model_dir: pathlib.Path) -> list[str]:
+        b = [
+            f"MODEL_DIR = '{model_dir}'",
+            f"MIXTURE_OR_TASK_NAME = '{self.task}'",
+            f"TASK_FEATURE_LENGTHS = {FEATURE_LENGTHS!r}",
+            f"BATCH_SIZE = {self.batch_size}",
+            f"TRAIN_STEPS = {self.train_steps}",
+            f"LEARNING_RATE = {self.learning_rate}",
+            f"WARMUP_STEPS = {self.warmup_steps}",
+            f"SEED = {self.seed}",
+            "optimizers.adamw.clip_norm = 1.0",
+            "train.train.optimizer = @optimizers.adamw()",
+            "optimizers.adamw.learning_rate = %LEARNING_RATE_FN",
+            f"train.train.eval_period = {self.eval_period}",
+            "train.train.eval_batches = 4",
+            "train.train.log_period = 50",
+            f"train.train.checkpoint_period = {self.checkpoint_period}",
+            "train.train.keep_checkpoints = 20",
+            "train.train.print_summary = False",
+        ]
+        if self.objective == "iqlearn":
+            b += [f"IQLEARN_LAMBDA = {self.coef}", f"LAMBDA_WARMUP_STEPS = {self.lam_warmup_steps}"]
+        elif self.objective == "mle_entropy":
+            b += [f"ENTROPY_BETA = {self.coef}"]
+        return b
+
+    def command(self) -> str:
+        """The equivalent CLI command (for the results files)."""
+        files = " ".join(f"--gin_file={f}" for f in self.gin_files())
+        return f"python -m iqlearn_jax.train {files} " + " ".join(
+            f'--gin.{b.split(" = ")[0]}="{b.split(" = ", 1)[1]}"'
+            for b in self.gin_bindings(pathlib.Path("MODEL_DIR"))
+        )
+
+
+def ensure_task(spec: RunSpec) -> str:
+    """Registers the train-size variant of the task when needed; returns the task name."""
+    from iqlearn_jax.tasks import synthetic
+
+    if spec.train_size is not None:
+        synthetic.register_synthetic_arithmetic(
+            spec.task, 1, 1, varied=True, train_size=spec.train_size
+        )
+    return spec.task
+
+
+def _parse(spec: RunSpec, model_dir: pathlib.Path, extra: Sequence[str] = ()) -> None:
+    import gin
+
+    from iqlearn_jax import train as train_lib
+
+    gin.clear_config()
+    train_lib.parse_gin(spec.gin_files(), [*spec.gin_bindings(model_dir), *extra])
+
+
+def train_run(spec: RunSpec, log=print) -> pathlib.Path:
+    """Trains `spec` (unless already done); returns its MODEL_DIR (checkpoints every 100 steps, metrics.jsonl)."""
+    import gin
+
+    from iqlearn_jax import train as train_lib
+
+    model_dir = work_dir() / "runs" / spec.name
+    if (model_dir / "DONE").exists():
+        return model_dir
+    ensure_task(spec)
+    t0 = time.time()
+    _parse(spec, model_dir)
+    try:
+        result = train_lib.train()
+    finally:
+        gin.clear_config()
+    seconds = time.time() - t0
+    (model_dir / "DONE").write_text(json.dumps({"seconds": seconds, "command": spec.command()}))
+    log(
+        f"trained {spec.name} in {seconds:.0f} s: validation {json.dumps(result.validation_metrics)[:160]}"
+    )
+    return model_dir
+
+
+def evaluate_run(
+    spec: RunSpec,
+    checkpoint: pathlib.Path,
+    out_dir: pathlib.Path,
+    *,
+    temperatures: Sequence[float],
+    beam_sizes: Sequence[int] = (),
+    calculator: str = "on",
+    num_samples: int = 2,
+    max_examples: int = 32,
+    split: str = "validation",
+    log=print,
+) -> dict:
+    """Decodes `checkpoint` (a MODEL_DIR or one step dir) with `iqlearn_jax.evaluate`; returns its summary.
+
+    Writes `out_dir/<setting>/{metrics.json, generations.jsonl}` and `out_dir/summary.json` (cached).
+    """
+    import gin
+
+    from iqlearn_jax import evaluate as evaluate_lib
+
+    summary = out_dir / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text())
+    ensure_task(spec)
+    t0 = time.time()
+    _parse(spec, checkpoint, ["evaluate.evaluate.model = %MODEL"])
+    try:
+        evaluate_lib.evaluate(
+            checkpoint_path=str(checkpoint),
+            task=spec.task,
+            split=split,
+            task_feature_lengths=FEATURE_LENGTHS,
+            output_dir=str(out_dir),
+            batch_size=16,
+            max_examples=max_examples,
+            temperatures=list(temperatures),
+            num_samples=num_samples,
+            beam_sizes=list(beam_sizes),
+            length_penalty=0.6,
+            calculator=calculator,
+            seed=0,
+            run_seed=spec.seed,
+            run_label=None,
+        )
+    finally:
+        gin.clear_config()
+    log(f"evaluated {checkpoint} ({out_dir.name}) in {time.time() - t0:.0f} s")
+    return json.loads(summary.read_text())
+
+
+def read_metrics_jsonl(model_dir: pathlib.Path) -> list[dict]:
+    """The trainer's metrics.jsonl records (train and validation)."""
+    path = model_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path: pathlib.Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
+    tmp.replace(path)
+
+
+# Values read from each decoding setting's metrics.json (key in the results -> path in metrics.json).
+SETTING_VALUES = {
+    "accuracy": ("task_metrics", "answer_accuracy"),
+    "self_bleu4": ("diversity", "self_bleu4"),
+    "per_prompt_self_bleu": ("diversity", "per_prompt_self_bleu"),
+    "model_entropy": ("diversity", "model_entropy"),
+    "spearman_reward": ("reward_correlation", "spearman_reward_vs_answer_accuracy"),
+    "spearman_loglik": ("reward_correlation", "spearman_loglik_vs_answer_accuracy"),
+    "mean_summed_reward": ("scores", "mean_summed_reward"),
+    "mean_length": ("scores", "mean_length"),
+}
+
+
+def setting_values(eval_dir: pathlib.Path) -> dict[str, dict[str, float | None]]:
+    """{setting name: {value key: number or None}} of one evaluation directory."""
+    out = {}
+    for path in sorted(eval_dir.glob("*/metrics.json")):
+        m = json.loads(path.read_text())
+        out[m["setting"]["name"]] = {
+            k: m.get(section, {}).get(key) for k, (section, key) in SETTING_VALUES.items()
+        } | {"temperature": m["setting"]["temperature"], "method": m["setting"]["method"]}
+    return out
+
+
+def aggregate_seeds(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per setting, per value: {"mean", "se", "n", "values"} over the seeds present (report.mean_se)."""
+    from iqlearn_jax.report import mean_se
+
+    settings: dict[str, dict] = {}
+    for values in per_seed:
+        for name, vals in values.items():
+            settings.setdefault(
+                name, {"temperature": vals["temperature"], "method": vals["method"]}
+            )
+    for name in settings:
+        for key in SETTING_VALUES:
+            xs = [s[name][key] for s in per_seed if name in s and s[name][key] is not None]
+            mean, se, n = mean_se(xs)
+            settings[name][key] = {"mean": mean, "se": se, "n": n, "values": xs}
+    return settings

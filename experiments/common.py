@@ -45,12 +45,21 @@ class RunSpec:
     )
     checkpoint_period: int = 100
     model_gin: str = "models/t5_1_1_tiny.gin"
+    online_alpha: float | None = (
+        None  # online IQLearn (iqlearn_jax.algorithms.OnlineIQLearn) with this mix-in α
+    )
+    sample_every: int = 1  # online: draw policy samples every this many steps
+    init_from: str | None = (
+        None  # name of a finished run whose final checkpoint initialises this one
+    )
 
     @property
     def name(self) -> str:
         coef = "" if self.objective == "mle" else f"_{self.coef:g}"
         size = "" if self.train_size is None else f"_n{self.train_size}"
-        return f"{self.objective}{coef}{size}_s{self.seed}_steps{self.train_steps}"
+        online = "" if self.online_alpha is None else f"_online{self.online_alpha:g}"
+        init = "" if self.init_from is None else f"_from-{self.init_from}"
+        return f"{self.objective}{coef}{online}{size}_s{self.seed}_steps{self.train_steps}{init}"
 
     @property
     def task(self) -> str:
@@ -63,13 +72,17 @@ class RunSpec:
             return "MLE"
         if self.objective == "mle_entropy":
             return f"MLE+entropy β={self.coef:g}"
+        if self.online_alpha is not None:
+            return f"online IQLearn α={self.online_alpha:g} λ={self.coef:g}"
         return f"IQLearn λ={self.coef:g}"
 
     def gin_files(self) -> list[str]:
         return [
             self.model_gin,
             "runs/finetune.gin",
-            f"objectives/{self.objective}.gin",
+            "objectives/online_iqlearn.gin"
+            if self.online_alpha is not None
+            else f"objectives/{self.objective}.gin",
             "tasks/synthetic_arithmetic.gin",
         ]
 
@@ -95,6 +108,13 @@ class RunSpec:
         ]
         if self.objective == "iqlearn":
             b += [f"IQLEARN_LAMBDA = {self.coef}", f"LAMBDA_WARMUP_STEPS = {self.lam_warmup_steps}"]
+        if self.online_alpha is not None:
+            b += [
+                f"ONLINE_ALPHA = {self.online_alpha}",
+                f"SAMPLE_EVERY_K_STEPS = {self.sample_every}",
+            ]
+        if self.init_from is not None:
+            b += [f"train.train.initial_checkpoint_path = '{work_dir() / 'runs' / self.init_from}'"]
         elif self.objective == "mle_entropy":
             b += [f"ENTROPY_BETA = {self.coef}"]
         return b

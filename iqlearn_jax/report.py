@@ -1,6 +1,7 @@
 r"""Aggregate evaluation runs into a markdown table and plots.
 
     python -m iqlearn_jax.report RUN_DIR [RUN_DIR ...] [--output_dir=DIR] [--metric=NAME]
+    python -m iqlearn_jax.report experiments/results --output_dir=experiments/results   # the experiments' figures
 
 Each RUN_DIR is searched recursively for the ``metrics.json`` files that ``iqlearn_jax.evaluate`` writes (one per
 decoding setting). Runs are grouped by (task, objective, λ, decoding setting); seeds of a group are aggregated as
@@ -404,8 +405,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"task metric to plot (default: first of {PREFERRED_METRICS})",
     )
     args = parser.parse_args(argv)
+    from iqlearn_jax import experiment_report
+
+    # Folders of experiment results (experiments/results: <name>.json with an "experiment" key) get their figures
+    # from experiment_report; the other folders are evaluate outputs.
+    experiment_dirs = [d for d in args.run_dirs if experiment_report.find_experiment_files(d)]
+    for d in experiment_dirs:
+        for p in experiment_report.draw_all(d, args.output_dir):
+            print(f"wrote {p}")
+    run_dirs = [d for d in args.run_dirs if d not in experiment_dirs]
+    if not run_dirs:
+        return 0
     try:
-        result = make_report(args.run_dirs, args.output_dir, args.metric)
+        result = make_report(run_dirs, args.output_dir, args.metric)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

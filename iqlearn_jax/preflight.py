@@ -34,6 +34,7 @@ VALUE_RULES: dict[str, tuple[str, int | None]] = {
     "eval_period": ("int", 1),
     "eval_batches": ("int", 1),
     "log_period": ("int", 1),
+    "steps_in_flight": ("int", 1),
     "checkpoint_period": ("int", 1),
     "keep_checkpoints": ("int", 1),
     "stop_after_steps": ("int?", 1),

@@ -44,7 +44,7 @@ from absl import flags, logging
 from iqlearn_jax import algorithms, optimizers, preemption, trainer
 from iqlearn_jax import preflight
 from iqlearn_jax.checkpoints import manager as ckpt_lib
-from iqlearn_jax.distributed import maybe_initialize_distributed, primary_print
+from iqlearn_jax.data_pipeline import TrainIterator, get_dataset  # noqa: F401 - get_dataset re-exported
 from iqlearn_jax.gin_utils import (  # noqa: F401 - re-exported for callers of iqlearn_jax.train
     ConfigError,
     default_gin_search_paths,
@@ -59,8 +59,9 @@ from iqlearn_jax.observability import (
     NonFiniteLossError,
     ProgressMeter,
     TrainResult,
-    check_finite,
 )
+from iqlearn_jax.step_metrics import PendingMetrics, raise_if_nonfinite
+from iqlearn_jax.distributed import maybe_initialize_distributed, primary_print
 from iqlearn_jax.partitioning import Partitioner, replicated_to_host
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin files to parse, in order")
@@ -85,36 +86,6 @@ def _check_task(name: str) -> None:
     known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     if name not in known:
         raise ConfigError(f"unknown task or mixture {name!r}; registered: {sorted(known)}")
-
-
-def get_dataset(
-    model: Any,
-    task_name: str,
-    split: str,
-    task_feature_lengths: Mapping[str, int],
-    local_batch_size: int,
-    shard_info: tuple[int, int],
-    seed: int,
-    shuffle: bool,
-    repeat: bool,
-    pack: bool = False,
-):
-    """Batched SeqIO dataset of model features for this host (tf.data)."""
-    import seqio
-
-    converter_cls = getattr(model, "FEATURE_CONVERTER_CLS", seqio.EncDecFeatureConverter)
-    ds = seqio.get_dataset(
-        task_name,
-        task_feature_lengths=dict(task_feature_lengths),
-        dataset_split=split,
-        shuffle=shuffle,
-        num_epochs=None if repeat else 1,
-        feature_converter=converter_cls(pack=pack),
-        shard_info=seqio.ShardInfo(index=shard_info[0], num_shards=shard_info[1]),
-        use_cached=False,
-        seed=seed,
-    )
-    return ds.batch(local_batch_size, drop_remainder=True)
 
 
 def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
@@ -164,6 +135,7 @@ def train(
     eval_period: int = 100,
     eval_batches: int = 4,
     log_period: int = 10,
+    steps_in_flight: int = 8,
     checkpoint_period: int = 100,
     keep_checkpoints: int = 3,
     async_checkpointing: bool = True,
@@ -190,7 +162,10 @@ def train(
       num_microbatches: gradient accumulation over this many microbatches per step.
       eval_period / eval_batches: validation loss every `eval_period` steps (and at the end) over that many
         batches of `eval_split` (None: no validation).
-      log_period: steps between progress lines / metric records.
+      log_period: steps between progress lines / metric records. Metrics stay on the device in between: the
+        host reads them (and the step's NaN/Inf record, `TrainState.nonfinite_step`) only at log, evaluation
+        and checkpoint points, and stops with the first bad step named; such a state is never checkpointed.
+      steps_in_flight: at most this many steps dispatched ahead of the newest one known to be finished.
       checkpoint_period / keep_checkpoints: save every N steps and at the end; keep the newest K.
       initial_checkpoint_path / initial_checkpoint_format: params to start from ('auto', 'orbax', 't5x', 'hf')
         when MODEL_DIR has no checkpoint yet (when it has, a note says the initial checkpoint is not used).
@@ -210,6 +185,7 @@ def train(
         mixture_or_task_name=_required("mixture_or_task_name", mixture_or_task_name),
         num_microbatches=num_microbatches, seed=seed, train_split=train_split, eval_split=eval_split,
         eval_period=eval_period, eval_batches=eval_batches, log_period=log_period,
+        steps_in_flight=steps_in_flight,
         checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints, pack=pack,
         initial_checkpoint_path=initial_checkpoint_path, initial_checkpoint_format=initial_checkpoint_format,
         stop_after_steps=stop_after_steps, allow_fresh_start_over_damaged=allow_fresh_start_over_damaged,
@@ -297,26 +273,25 @@ def train(
             )
             logging.info("initial params from %s", initial_checkpoint_path)
         batches_consumed = 0
-    _write_config(model_dir_path, int(replicated_to_host(state.step)))
+    start_step = step = int(replicated_to_host(state.step))  # the loop counts steps on the host from here
+    _write_config(model_dir_path, start_step)
 
-    train_ds = get_dataset(
-        model,
-        mixture_or_task_name,
-        train_split,
-        task_feature_lengths,
-        local_batch,
-        partitioner.shard_info(),
-        seed,
-        shuffle=True,
-        repeat=True,
-        pack=pack,
-    ).skip(batches_consumed)
-    train_iter = train_ds.prefetch(2).as_numpy_iterator()
+    train_iter = TrainIterator(
+        lambda: get_dataset(
+            model, mixture_or_task_name, train_split, task_feature_lengths, local_batch,
+            partitioner.shard_info(), seed, shuffle=True, repeat=True, pack=pack,
+        )
+    )  # fmt: skip
+    if restored is not None and not ckpt.restore_data(start_step, train_iter):
+        logging.warning(
+            "checkpoint %d holds no data position: replaying %d batches", start_step, batches_consumed
+        )
+        train_iter.skip(batches_consumed)
     eval_data = None
     eval_fn = trainer.build_eval_step(
         model, partitioner, algorithms.policy_view(algorithm, shardings.params)
     )
-    logger = MetricsLogger(model_dir_path, resume_step=int(replicated_to_host(state.step)))
+    logger = MetricsLogger(model_dir_path, resume_step=start_step)
 
     guard = preemption.PreemptionGuard().__enter__()  # SIGTERM on any process: all save at one step
 
@@ -357,31 +332,44 @@ def train(
             primary_print(f"step {step:>6d} | validation loss {out['loss']:.4f}")
         return out
 
-    start_step = step = int(replicated_to_host(state.step))
     meter = ProgressMeter(train_steps)
+    pending = PendingMetrics(steps_in_flight)
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     stop = None  # "sigterm" | "requested" | None
+
+    def read_metrics() -> None:
+        """The host waits for the device here only: metrics to the meter, then the step's NaN/Inf record."""
+        fetched = pending.fetch()
+        raise_if_nonfinite(state, fetched)  # before anything can log, evaluate or checkpoint this state
+        for record in fetched:
+            meter.add(record.metrics, record.tokens)
+
+    def meta() -> dict[str, Any]:
+        return _meta(train_iter.batches, mixture_or_task_name, batch_size, seed)
+
     try:
         while step < train_steps:
             local = next(train_iter)
-            batches_consumed += 1
             state, metrics = step_fn(state, partitioner.shard_batch(local))
             step += 1
-            host_metrics = {k: float(v) for k, v in replicated_to_host(metrics).items()}
-            check_finite(step, host_metrics)  # before anything can checkpoint this state
-            meter.add(host_metrics, _count_tokens(local))
+            pending.add(step, metrics, _count_tokens(local))  # stays on the device until read_metrics
             if guard.should_stop(step):
                 stop = "sigterm"
-            if step % log_period == 0 or step == train_steps or stop:
+            log_now = step % log_period == 0 or step == train_steps or stop
+            eval_now = step % eval_period == 0 and step != train_steps
+            save_now = step % checkpoint_period == 0 or stop
+            if log_now or eval_now or save_now:
+                read_metrics()
+            if log_now:
                 last_train, line = meter.flush(step)
                 logger.write(step, "train", last_train)
                 if jax.process_index() == 0:
                     print(line, flush=True)
-            if step % eval_period == 0 and step != train_steps:
+            if eval_now:
                 last_eval = evaluate(step)
-            if step % checkpoint_period == 0 or stop:
-                ckpt.save(state, _meta(batches_consumed, mixture_or_task_name, batch_size, seed))
+            if save_now:
+                ckpt.save(state, meta(), data=train_iter, step=step)
             if stop:
                 logging.warning("stopping at step %d after SIGTERM (checkpoint saved)", step)
                 break
@@ -389,8 +377,9 @@ def train(
                 stop = "requested"
                 break
         if stop is None:
+            read_metrics()
             last_eval = evaluate(step)
-            ckpt.save(state, _meta(batches_consumed, mixture_or_task_name, batch_size, seed))
+            ckpt.save(state, meta(), data=train_iter, step=step)
         ckpt.wait()
         latest = ckpt.latest_step()
     finally:

@@ -46,12 +46,15 @@ class TrainState:
       params tree} including frozen networks (GAIL's 'reference'), see `iqlearn_jax.algorithms`.
     opt_state: optax state (for several networks a dict over the trainable network names).
     rng: raw uint32[2] PRNG key; the dropout key of step s is fold_in(rng, s), so it never changes.
+    nonfinite_step: int32 scalar, -1 while every step so far had a finite loss and grad_norm; else the first
+      (1-based) step whose loss or grad_norm was NaN/Inf (`guard_nonfinite`). A checkpointed state always has -1.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    nonfinite_step: jax.Array
 
 
 # ---- shapes -------------------------------------------------------------------------------------------------
@@ -126,6 +129,7 @@ def _init_fn(
             params=params,
             opt_state=opt_state,
             rng=train_rng,
+            nonfinite_step=jnp.full((), -1, jnp.int32),
         )
 
     return init
@@ -165,7 +169,11 @@ def train_state_shardings(
             partitioner, optimizer, abstract_state.params, param_specs
         )
     specs = TrainState(
-        step=PartitionSpec(), params=param_specs, opt_state=opt_specs, rng=PartitionSpec()
+        step=PartitionSpec(),
+        params=param_specs,
+        opt_state=opt_specs,
+        rng=PartitionSpec(),
+        nonfinite_step=PartitionSpec(),
     )
     return jax.tree.map(partitioner.sharding, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
@@ -307,12 +315,50 @@ def make_train_step(
         metrics["grad_norm"] = grad_norm.astype(jnp.float32)
         if learning_rate_fn is not None:
             metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
-        new_state = TrainState(
-            step=state.step + 1, params=new_params, opt_state=new_opt_state, rng=state.rng
-        )
+        new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state)
         return new_state, metrics
 
     return step_fn
+
+
+GUARDED_METRICS = ("loss", "grad_norm")
+
+
+def guard_nonfinite(
+    step_fn: Callable[[Any, Mapping[str, jax.Array]], tuple[Any, dict[str, jax.Array]]],
+) -> Callable[[Any, Mapping[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]:
+    """Wraps any algorithm's pure step `(state, batch) -> (new_state, metrics)` with the NaN/Inf guard.
+
+    The state needs `step` and `nonfinite_step` (int32 scalars) and `.replace`; the metrics need 'loss' and
+    'grad_norm'. When either is NaN/Inf, or any floating-point array of the updated state (params, optimizer
+    state: e.g. after a NaN learning rate), or an earlier step already was bad (`state.nonfinite_step >= 0`),
+    every other field of the state (params, optimizer state(s), rng, ...) stays as it was: only `step` advances,
+    and `nonfinite_step` records the first bad step (1-based, = the new `step`). The host reads `nonfinite_step`
+    when it reads metrics (log, evaluation and checkpoint points), so no per-step host sync is needed. Cost: one
+    fused elementwise pass over the state (the isfinite reduction and the select).
+    """
+
+    def all_finite(tree: Any) -> jax.Array:
+        checks = [
+            jnp.all(jnp.isfinite(x))
+            for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+        ]
+        return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+    def guarded(state: Any, batch: Mapping[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
+        new_state, metrics = step_fn(state, batch)
+        finite = all_finite([metrics[k] for k in GUARDED_METRICS]) & all_finite(
+            new_state.replace(step=None, nonfinite_step=None)
+        )
+        accept = finite & (state.nonfinite_step < 0)
+        kept = jax.tree.map(lambda new, old: jnp.where(accept, new, old), new_state, state)
+        first_bad = jnp.where(
+            (state.nonfinite_step < 0) & ~finite, new_state.step, state.nonfinite_step
+        )
+        return kept.replace(step=new_state.step, nonfinite_step=first_bad.astype(jnp.int32)), metrics
+
+    return guarded
 
 
 def make_eval_step(model: Any) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
@@ -355,7 +401,9 @@ def build_train_step(
     algorithm: Any = None,
 ) -> PartitionedStep:
     """THE jitted train step: in_shardings (state, batch over 'data'), out_shardings (state, replicated
-    metrics), state donated. With `algorithm`, its pure step (`algorithm.make_step`) instead of the offline one."""
+    metrics), state donated. With `algorithm`, its pure step (`algorithm.make_step`) instead of the offline one.
+    Every step is wrapped in `guard_nonfinite`: a NaN/Inf loss or grad_norm leaves the state as it was (only
+    `step` advances) and records the step in `state.nonfinite_step`."""
     batch_sharding = partitioner.sharding(PartitionSpec("data"))
     replicated = partitioner.replicated()
 
@@ -363,7 +411,9 @@ def build_train_step(
         return partitioner.sharding(PartitionSpec(None, "data", *([None] * (ndim - 2))))
 
     make = make_train_step if algorithm is None else algorithm.make_step
-    fn = make(model, optimizer, num_microbatches, learning_rate_fn, microbatch_sharding)
+    fn = guard_nonfinite(
+        make(model, optimizer, num_microbatches, learning_rate_fn, microbatch_sharding)
+    )
     return PartitionedStep(
         fn,
         partitioner,

@@ -37,6 +37,7 @@ from iqlearn_jax.partitioning import replicated_to_host
 CHECKPOINTS_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "checkpoints_damaged"
 STATE_ITEM = "state"
+DATA_ITEM = "data"  # the data iterator's position (iqlearn_jax.data_pipeline), one folder per process
 # How many differing arrays a mismatch message lists.
 MAX_LISTED_DIFFERENCES = 10
 
@@ -78,7 +79,7 @@ class TrainCheckpointManager:
             enable_async_checkpointing=self._async,
             cleanup_tmp_directories=True,
         )
-        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta", DATA_ITEM))
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -87,23 +88,47 @@ class TrainCheckpointManager:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
-    def save(self, state: Any, meta: Mapping[str, Any]) -> None:
-        """Saves at `state.step` (a no-op if that step is already saved). Asynchronous when enabled."""
-        step = int(replicated_to_host(state.step))
+    def save(
+        self, state: Any, meta: Mapping[str, Any], data: Any = None, step: int | None = None
+    ) -> None:
+        """Saves at `step` (default: read from `state.step`, which waits for the device); a no-op if that step is
+        already saved. Asynchronous when enabled, except `data` (a data_pipeline.TrainIterator, item 'data'),
+        whose position is written before this returns."""
+        step = int(replicated_to_host(state.step)) if step is None else int(step)
         if step in self._manager.all_steps():
             return
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-                meta=ocp.args.JsonSave(dict(meta, step=step, saved_at=time.time())),
-            ),
-            force=True,
+        items = dict(
+            state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+            meta=ocp.args.JsonSave(dict(meta, step=step, saved_at=time.time())),
         )
+        if data is not None:
+            from iqlearn_jax.data_pipeline import DataIteratorSave
+
+            items[DATA_ITEM] = DataIteratorSave(data)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         logging.info("checkpoint for step %d being written to %s", step, self.directory / str(step))
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
+
+    def restore_data(self, step: int, iterator: Any) -> bool:
+        """Restores `iterator` (a data_pipeline.TrainIterator) to its position at checkpoint `step`.
+
+        Returns False when that checkpoint has no usable data item (saved before data checkpointing, by a
+        pipeline tf.data cannot checkpoint, or with another process count): the caller replays instead.
+        """
+        if not (self.directory / str(step) / DATA_ITEM).is_dir():
+            return False
+        from iqlearn_jax.data_pipeline import DataIteratorRestore
+
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(**{DATA_ITEM: DataIteratorRestore(iterator)})
+            )
+        except FileNotFoundError as e:
+            logging.warning("data position of checkpoint %d not restored: %s", step, e)
+            return False
+        return bool(restored[DATA_ITEM])
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -65,7 +65,9 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
         match = _TOKEN.match(text, i)
         if match is None or match.end() == i:
             j = i + len(text[i:]) - len(text[i:].lstrip())
-            raise _Refused(f"character {text[j]!r} at position {j + 1} is not allowed (only {_ALLOWED})")
+            raise _Refused(
+                f"character {text[j]!r} at position {j + 1} is not allowed (only {_ALLOWED})"
+            )
         kind = "number" if match.group("number") is not None else "op"
         tokens.append((kind, match.group(kind), match.start(kind) + 1))
         i = match.end()
@@ -95,7 +97,9 @@ class _Parser:
         token = self._peek()
         if token is None:
             return _Refused(f"expression ends early: expected {expected}")
-        return _Refused(f"{token[1]!r} at position {token[2]} is not allowed here: expected {expected}")
+        return _Refused(
+            f"{token[1]!r} at position {token[2]} is not allowed here: expected {expected}"
+        )
 
     def parse(self) -> Fraction:
         value = self.expr()

@@ -1,16 +1,26 @@
-"""gin and console conventions shared by the CLIs (train, aot): T5X-style `--gin.KEY=VALUE`, the repository's
-gin_configs/ on the search path, fail-fast checks of bindings and macros, and a quiet console.
+"""gin and console conventions shared by the CLIs (train, evaluate, aot): T5X-style `--gin.KEY=VALUE`, the
+repository's gin_configs/ on the search path, fail-fast checks of bindings and macros, `--help` (exit 0) and
+`--list_macros`, and a quiet console (no libtpu probing noise on machines without a TPU).
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
+from absl import flags as _absl_flags
 
 from iqlearn_jax.paths import GIN_CONFIGS_DIR
+
+_LIST_MACROS = _absl_flags.DEFINE_bool(
+    "list_macros",
+    False,
+    "print the gin macros of the given --gin_file/--gin.* and their values, then exit",
+)
 
 
 class ConfigError(ValueError):
@@ -70,7 +80,10 @@ def _check_macros() -> None:
 
 
 def parse_gin(
-    gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = ()
+    gin_files: Sequence[str],
+    gin_bindings: Sequence[str],
+    search_paths: Sequence[str] = (),
+    check_macros: bool = True,
 ) -> None:
     """Parses gin files and bindings; unknown configurables/parameters and missing macros raise ConfigError."""
     import logging as py_logging
@@ -92,10 +105,37 @@ def parse_gin(
         ) from e
     except (ValueError, KeyError, SyntaxError, ImportError) as e:
         raise ConfigError(f"bad gin configuration: {e}") from e
-    _check_macros()
+    if check_macros:
+        _check_macros()
 
 
-_QUIET_INFO_SOURCES = ("/orbax/", "/seqio/", "/clu/", "xla_bridge.py")
+def macros() -> dict[str, Any]:
+    """{name: value} of every gin macro bound so far (gin.REQUIRED where a file marks it required)."""
+    out = {}
+    for (scope, selector), bindings in gin.config._CONFIG.items():  # noqa: SLF001
+        if selector == "gin.macro" and "value" in bindings:
+            out[scope] = bindings["value"]
+    return dict(sorted(out.items()))
+
+
+def format_macros(values: Mapping[str, Any]) -> str:
+    """One line per macro, `NAME = value` in gin syntax; required ones say how to set them."""
+    lines = []
+    for name, value in values.items():
+        required = value is gin.REQUIRED or (
+            isinstance(value, gin.config.ConfigurableReference)
+            and value.scoped_selector.split("/")[0] == "gin.REQUIRED"
+        )
+        if required:
+            lines.append(f"{name} = %gin.REQUIRED    # set it: --gin.{name}=...")
+        elif isinstance(value, gin.config.ConfigurableReference):
+            lines.append(f"{name} = @{value.scoped_selector}{'()' if value.evaluate else ''}")
+        else:
+            lines.append(f"{name} = {value!r}")
+    return "\n".join(lines)
+
+
+_QUIET_INFO_SOURCES = ("/orbax/", "/seqio/", "/clu/", "xla_bridge.py", "functional_saver.py")
 
 
 def quiet_info(record: Any) -> bool:
@@ -115,18 +155,117 @@ def strip_gin_context(e: Exception) -> str:
     return str(e).split("\n  In call to configurable")[0]
 
 
-def run_cli(main: Callable[[Sequence[str]], int]) -> int:
-    """Runs `main(argv)` under absl (flags parsed, `--gin.KEY=VALUE` rewritten) and returns its exit status."""
-    from absl import app
+# ---- console front door ---------------------------------------------------------------------------------------
+_HELP_FLAGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
+_TPU_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "TPU_HOST_BOUNDS", "TPU_SKIP_MDS_QUERY")
 
+
+def quiet_tpu_probe() -> bool:
+    """On a machine without TPU chips, stops an installed libtpu from printing its probing errors
+    ("unexpected worker hostname", "could not determine TPU accelerator type") when JAX starts.
+
+    Sets TPU_SKIP_MDS_QUERY=1, TPU_WORKER_HOSTNAMES=localhost and TPU_HOST_BOUNDS=1,1,1 — only when no TPU chip is
+    present and none of these variables is set (a real TPU VM, or an explicit setting, is left alone). libtpu then
+    finds no chip quietly and JAX uses the GPU or CPU. Must run before JAX's backends start. Returns True if set.
+    """
+    if any(name in os.environ for name in _TPU_ENV):
+        return False
+    try:
+        from jax._src import hardware_utils
+
+        chips = hardware_utils.num_available_tpu_chips_and_device_id()[0]
+    except Exception:  # noqa: BLE001 - private JAX helper moved: look for the TPU device files instead
+        chips = len(glob.glob("/dev/accel*")) + len(glob.glob("/dev/vfio/[0-9]*"))
+    if chips:
+        return False
+    os.environ.update(
+        TPU_SKIP_MDS_QUERY="1", TPU_WORKER_HOSTNAMES="localhost", TPU_HOST_BOUNDS="1,1,1"
+    )
+    return True
+
+
+def _flag_lines(module_names: Sequence[str]) -> list[str]:
+    from absl import flags
+
+    lines, seen = [], set()
+    for module in module_names:
+        for flag in flags.FLAGS.get_flags_for_module(module):
+            if flag.name in seen:
+                continue
+            seen.add(flag.name)
+            default = "" if flag.default in (None, [], "") else f" (default: {flag.default})"
+            lines.append(f"  --{flag.name}: {flag.help}{default}")
+    return lines
+
+
+def cli_help(main: Callable[..., int], prog: str) -> str:
+    """`--help` text: the command's docstring, its flags, the gin flags and how to list a run file's macros."""
+    module = sys.modules.get(main.__module__)
+    doc = (getattr(module, "__doc__", None) or "").strip()
+    own = _flag_lines([main.__module__]) if main.__module__ != "iqlearn_jax.train" else []
+    runs = sorted(
+        os.path.relpath(p, GIN_CONFIGS_DIR)
+        for p in glob.glob(str(GIN_CONFIGS_DIR / "runs" / "*.gin"))
+    )
+    parts = [
+        f"usage: {prog} --gin_file=FILE [--gin_file=FILE ...] [--gin.KEY=VALUE ...] [flags]",
+        doc + "\n",
+        "gin flags (T5X conventions):",
+        "  --gin_file=FILE: a gin file to parse; repeatable, later files override earlier ones. Relative names are",
+        f"    looked up in --gin_search_paths and in {GIN_CONFIGS_DIR} (e.g. {', '.join(runs) or 'runs/quickstart.gin'})",
+        "  --gin.KEY=VALUE: one binding, e.g. --gin.MODEL_DIR=\"'/tmp/run'\" --gin.BATCH_SIZE=8 (strings in quotes)",
+        "  --gin_bindings='KEY = VALUE': the same, in gin's own form; repeatable",
+        "  --gin_search_paths=DIR,...: more directories for gin files and their includes",
+        "  --list_macros: with --gin_file/--gin.*: print every gin macro the run defines (MODEL_DIR, BATCH_SIZE, ...)",
+        "    and its value, then exit 0; any of them can be set with --gin.NAME=VALUE",
+    ]
+    if own:
+        parts += ["flags of this command:", *own]
+    parts.append("  --help: this text; --helpfull: also absl's own flags")
+    if "exit status" not in doc.lower():
+        parts.append("exit status: 0 done, 2 bad input (named in the message), 1 other errors")
+    return "\n".join(parts)
+
+
+def _list_macros() -> int:
+    from absl import flags
+
+    values = flags.FLAGS
+    try:
+        parse_gin(values.gin_file, values.gin_bindings, values.gin_search_paths, check_macros=False)
+    except ConfigError as e:
+        print(f"error: {strip_gin_context(e)}", file=sys.stderr)
+        return 2
+    print(format_macros(macros()), flush=True)
+    return 0
+
+
+def run_cli(main: Callable[[Sequence[str]], int], quiet_tpu: bool = True) -> int:
+    """Runs `main(argv)` under absl (flags parsed, `--gin.KEY=VALUE` rewritten) and returns its exit status.
+
+    `--help` prints `cli_help` and returns 0; `--list_macros` prints the run's gin macros and returns 0;
+    `quiet_tpu` applies `quiet_tpu_probe` (the aot CLI configures libtpu itself).
+    """
+    from absl import app, flags
+
+    argv = rewrite_gin_args(sys.argv)
+    if any(arg in _HELP_FLAGS for arg in argv[1:]):
+        prog = os.path.basename(argv[0])
+        prog = f"python -m {main.__module__}" if prog.endswith(".py") else prog
+        print(cli_help(main, prog), flush=True)
+        if "--helpfull" in argv[1:]:
+            print("\nall flags:\n" + flags.FLAGS.get_help(), flush=True)
+        return 0
+    if quiet_tpu:
+        quiet_tpu_probe()
     exit_code = 0
 
     def run(args: Sequence[str]) -> None:
         nonlocal exit_code
-        exit_code = main(args)
+        exit_code = _list_macros() if _LIST_MACROS.value else main(args)
 
     try:
-        app.run(run, argv=rewrite_gin_args(sys.argv))
+        app.run(run, argv=argv)
     except SystemExit as error:
         if error.code not in (None, 0):
             raise

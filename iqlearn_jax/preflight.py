@@ -203,7 +203,9 @@ def check_first_batches(
             files = split_files(task_name, split)
             where = f" (read from {', '.join(files)})" if files else ""
             if repeat:
-                raise ConfigError(f"split {split!r} of task {task_name!r} is empty: it has no example{where}")
+                raise ConfigError(
+                    f"split {split!r} of task {task_name!r} is empty: it has no example{where}"
+                )
             raise ConfigError(
                 f"split {split!r} of task {task_name!r} has fewer than {local_batch_size} examples per host, "
                 f"not one batch{where}; set train.eval_split=None to train without validation"
@@ -216,7 +218,9 @@ def checkpoint_steps(model_dir: pathlib.Path) -> list[int]:
     from iqlearn_jax.checkpoints.manager import CHECKPOINTS_SUBDIR
 
     folder = model_dir / CHECKPOINTS_SUBDIR
-    return sorted(int(c.name) for c in folder.glob("*") if c.name.isdigit()) if folder.is_dir() else []
+    return (
+        sorted(int(c.name) for c in folder.glob("*") if c.name.isdigit()) if folder.is_dir() else []
+    )
 
 
 def initial_checkpoint_unused(initial_checkpoint_path: str | None, model_dir: pathlib.Path) -> bool:

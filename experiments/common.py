@@ -155,8 +155,11 @@ def train_run(spec: RunSpec, log=print) -> pathlib.Path:
     from iqlearn_jax import train as train_lib
 
     model_dir = work_dir() / "runs" / spec.name
+    _wait_for_other_process(model_dir)
     if (model_dir / "DONE").exists():
         return model_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "LOCK").write_text(str(os.getpid()))
     ensure_task(spec)
     t0 = time.time()
     _parse(spec, model_dir)
@@ -165,11 +168,40 @@ def train_run(spec: RunSpec, log=print) -> pathlib.Path:
     finally:
         gin.clear_config()
     seconds = time.time() - t0
+    if result.preempted or result.final_step < spec.train_steps:
+        raise SystemExit(f"{spec.name} stopped at step {result.final_step} (SIGTERM); rerun to resume")
     (model_dir / "DONE").write_text(json.dumps({"seconds": seconds, "command": spec.command()}))
+    (model_dir / "LOCK").unlink(missing_ok=True)
     log(
         f"trained {spec.name} in {seconds:.0f} s: validation {json.dumps(result.validation_metrics)[:160]}"
     )
     return model_dir
+
+
+def _wait_for_other_process(model_dir: pathlib.Path, poll_s: float = 20.0) -> None:
+    """Waits while another live process (pid in model_dir/LOCK) trains this run (experiments run side by side)."""
+    lock = model_dir / "LOCK"
+
+    def recently_written() -> bool:  # a trainer without a LOCK file (older experiment processes)
+        newest = max((p.stat().st_mtime for p in model_dir.rglob("*")), default=0.0)
+        return time.time() - newest < 180
+
+    while model_dir.exists() and not lock.exists() and not (model_dir / "DONE").exists():
+        if not recently_written():
+            break
+        time.sleep(poll_s)
+    while lock.exists() and not (model_dir / "DONE").exists():
+        try:
+            pid = int(lock.read_text())
+        except (ValueError, FileNotFoundError):
+            return
+        if pid == os.getpid():
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return  # stale lock: the run resumes from its newest checkpoint
+        time.sleep(poll_s)
 
 
 def evaluate_run(
@@ -276,3 +308,50 @@ def aggregate_seeds(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
             mean, se, n = mean_se(xs)
             settings[name][key] = {"mean": mean, "se": se, "n": n, "values": xs}
     return settings
+
+
+def wait_done(run_name: str, poll_s: float = 30.0) -> None:
+    """Blocks until the run `run_name` has finished training (its DONE marker), e.g. in another process."""
+    while not (work_dir() / "runs" / run_name / "DONE").exists():
+        if not _busy_by_other(work_dir() / "runs" / run_name):
+            raise RuntimeError(
+                f"run {run_name} is neither finished nor in progress; train it first"
+            )
+        time.sleep(poll_s)
+
+
+def _busy_by_other(run_dir: pathlib.Path) -> bool:
+    """True when another live process holds run_dir/BUSY (it trains or evaluates this run)."""
+    try:
+        pid = int((run_dir / "BUSY").read_text())
+    except (ValueError, FileNotFoundError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_queue(specs: Sequence[RunSpec], work, after_each=None, poll_s: float = 30.0) -> None:
+    """Calls work(spec) for every spec, skipping (and coming back to) runs another experiment process is busy
+    with, so that two experiment scripts can run side by side and share runs. after_each(spec) follows each."""
+    pending = list(specs)
+    while pending:
+        free = [s for s in pending if not _busy_by_other(work_dir() / "runs" / s.name)]
+        if not free:
+            time.sleep(poll_s)
+            continue
+        spec = free[0]
+        run_dir = work_dir() / "runs" / spec.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "BUSY").write_text(str(os.getpid()))
+        try:
+            work(spec)
+        finally:
+            (run_dir / "BUSY").unlink(missing_ok=True)
+        pending.remove(spec)
+        if after_each is not None:
+            after_each(spec)

@@ -28,9 +28,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-SIZES = (64, 512, None)  # None = the full train split (runs shared with pareto.py)
+# Run in this order; None = the full train split (runs shared with pareto.py).
+SIZES = (64, None, 512)
 METHODS = (("mle", 0.0), ("iqlearn", 0.5))
 SEEDS = (0, 1, 2)
+# Subsets: 300 steps (75 epochs of 64 examples); full-data runs: pareto.py's 500 steps.
+SMALL_STEPS = 300
 
 
 def specs(smoke: bool) -> list[common.RunSpec]:
@@ -43,7 +46,10 @@ def specs(smoke: bool) -> list[common.RunSpec]:
             for o, c in METHODS
         ]
     return [
-        common.RunSpec(o, c, seed=s, train_size=n) for n in SIZES for s in SEEDS for o, c in METHODS
+        common.RunSpec(o, c, seed=s, train_size=n, train_steps=SMALL_STEPS if n else 500)
+        for n in SIZES
+        for s in SEEDS
+        for o, c in METHODS
     ]
 
 
@@ -55,8 +61,7 @@ def final_accuracy_dir(spec: common.RunSpec) -> pathlib.Path:
 
 def run_one(spec: common.RunSpec, smoke: bool) -> None:
     model_dir = common.train_run(spec)
-    if spec.train_size is None and not smoke:
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    if spec.train_size is None:
         import pareto
 
         pareto.run_and_evaluate(spec, smoke)
@@ -174,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from iqlearn_jax import experiment_report
 
-    for spec in all_specs:
-        run_one(spec, args.smoke)
+    def after_each(spec: common.RunSpec) -> None:
         results = collect(all_specs, args.smoke)
         results["seconds"] = time.time() - t0
         common.write_json(out / "dataset_size.json", results)
@@ -185,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - figures can be redrawn later by iqlearn_jax.report
             print(f"[dataset_size] plotting failed ({e!r}); results are saved", flush=True)
         print(f"[dataset_size] {spec.name} done; {time.time() - t0:.0f} s so far", flush=True)
+
+    common.run_queue(all_specs, lambda spec: run_one(spec, args.smoke), after_each)
     return 0
 
 

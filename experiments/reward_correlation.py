@@ -85,6 +85,7 @@ def run_one(spec: common.RunSpec, smoke: bool) -> None:
     if spec.init_from is None:
         pareto.run_and_evaluate(spec, smoke)
         return
+    common.wait_done(spec.init_from)
     model_dir = common.train_run(spec)
     common.evaluate_run(
         spec,
@@ -188,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from iqlearn_jax import experiment_report
 
-    # Seed-major: every objective gets its first seed before any gets its second; a fine-tune's MLE run first.
-    for spec in sorted(scratch + tunes, key=lambda s: (s.seed, s.init_from is not None)):
-        run_one(spec, args.smoke)
+    def after_each(spec: common.RunSpec) -> None:
         results = collect(scratch, tunes, args.smoke)
         results["seconds"] = time.time() - t0
         common.write_json(out / "reward_correlation.json", results)
@@ -200,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - figures can be redrawn later by iqlearn_jax.report
             print(f"[reward_correlation] plotting failed ({e!r}); results are saved", flush=True)
         print(f"[reward_correlation] {spec.name} done; {time.time() - t0:.0f} s so far", flush=True)
+
+    # Fine-tunes of a seed after that seed's MLE run; MLE + entropy runs (pareto.py) last.
+    def priority(s: common.RunSpec) -> tuple:
+        return (s.objective == "mle_entropy", s.seed, s.init_from is not None)
+
+    common.run_queue(
+        sorted(scratch + tunes, key=priority), lambda s: run_one(s, args.smoke), after_each
+    )
     return 0
 
 

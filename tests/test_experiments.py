@@ -139,3 +139,32 @@ def test_varied_task_is_deterministic_correct_and_varied():
     assert task.num_input_examples("train") == 5
     with pytest.raises(ValueError, match="train_size"):
         synthetic.register_synthetic_arithmetic("test_varied_bad", 1, 1, train_size=0)
+
+
+@pytest.mark.slow
+def test_embedded_task_experiments_smoke(tmp_path, monkeypatch):
+    """pareto.py, dataset_size.py and reward_correlation.py --smoke in one process (they share the tiny runs):
+    in-process training (offline, MLE, online IQLearn fine-tune), evaluation, results files and figures."""
+    monkeypatch.setenv("IQLEARN_EXPERIMENTS_DIR", str(tmp_path / "work"))
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    out = tmp_path / "results"
+    for name in ("pareto", "dataset_size", "reward_correlation"):
+        assert _load(name).main(["--smoke", "--out_dir", str(out)]) == 0, name
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert {r["label"] for r in pareto["rows"]} == {"MLE", "IQLearn λ=0.5"}
+    for r in pareto["rows"]:
+        assert {"greedy", "greedy_calc", "beam2_lp0.6"} <= set(r["settings"])
+        assert 0 <= r["settings"]["greedy_calc"]["accuracy"]["mean"] <= 100
+    sizes = json.loads((out / "dataset_size.json").read_text())
+    assert all(r["curve"] and r["final_answer_accuracy"]["n"] == 1 for r in sizes["rows"])
+    rewards = json.loads((out / "reward_correlation.json").read_text())
+    labels = {(r["part"], r["label"]) for r in rewards["rows"]}
+    assert ("finetune", "online IQLearn α=0.1 λ=0.1") in labels and ("scratch", "MLE") in labels
+    for png in ("pareto_selfbleu", "pareto_entropy", "pareto_temperature", "dataset_size", "reward_correlation"):
+        assert (out / f"{png}.png").stat().st_size > 10_000, png
+    # The report CLI redraws every figure from the results folder alone.
+    from iqlearn_jax import report
+
+    redraw = tmp_path / "redraw"
+    assert report.main([str(out), f"--output_dir={redraw}"]) == 0
+    assert {p.name for p in redraw.glob("*.png")} >= {"pareto_selfbleu.png", "dataset_size.png"}

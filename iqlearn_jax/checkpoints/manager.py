@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from iqlearn_jax import distributed
 from iqlearn_jax.gin_utils import ConfigError
 from iqlearn_jax.partitioning import replicated_to_host
 
@@ -189,8 +190,12 @@ class TrainCheckpointManager:
                         f"state.step={int(replicated_to_host(state.step))} differs from directory step {step}"
                     )
                 _check_finite(state.params, f"checkpoint step {step}")
+                failure = None
             except Exception as e:  # noqa: BLE001 - any failure to read a matching checkpoint means damage
-                damaged.append((step, _first_line(e)))
+                failure = _first_line(e)
+            # Each process reads (and checks) its own shards: damage seen by any process counts for all of them.
+            if distributed.any_process(failure is not None):
+                damaged.append((step, failure or "damaged (seen by another process)"))
                 continue
             restored_pair = (state, dict(restored["meta"]))
             break
@@ -228,14 +233,13 @@ class TrainCheckpointManager:
 
     def _quarantine(self, step: int) -> pathlib.Path | None:
         """Moves a damaged step directory aside (never deletes it) so it is neither restored nor overwritten."""
-        source = self.directory / str(step)
-        if jax.process_index() != 0 or not source.exists():
-            self._manager.reload()
-            return None
-        dest_dir = self.model_dir / DAMAGED_SUBDIR
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / f"{step}-{int(time.time())}"
-        shutil.move(str(source), str(dest))
+        source, dest = self.directory / str(step), None
+        if jax.process_index() == 0 and source.exists():
+            dest_dir = self.model_dir / DAMAGED_SUBDIR
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            dest = dest_dir / f"{step}-{int(time.time())}"
+            shutil.move(str(source), str(dest))
+        distributed.barrier(f"quarantine_{step}")  # every process sees the move before it reloads
         self._manager.reload()
         return dest
 
@@ -352,8 +356,14 @@ class _quiet_orbax_failures:
 
 
 def _check_finite(params: Any, source: str) -> None:
+    """Raises naming the first parameter with NaN/Inf among the shards this process holds (one replica of each:
+    over all processes every element is checked once; the caller agrees across processes)."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if leaf.is_fully_addressable and not np.all(np.isfinite(np.asarray(leaf))):
+        if isinstance(leaf, jax.Array):
+            parts = [s.data for s in leaf.addressable_shards if s.replica_id == 0]
+        else:
+            parts = [leaf]
+        if not all(np.all(np.isfinite(np.asarray(x))) for x in parts):
             raise ValueError(f"{source}: parameter {jax.tree_util.keystr(path)} holds NaN or Inf")
 
 

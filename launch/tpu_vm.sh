@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Run iqlearn_jax on a Cloud TPU VM (single host or pod slice). Every step is one gcloud call; pods run the same
-# command on all workers (--worker=all) and iqlearn_jax.train calls jax.distributed.initialize() itself.
+# command on all workers (--worker=all) with IQLEARN_DISTRIBUTED=1, so every worker calls jax's no-argument
+# jax.distributed.initialize() (jax reads the worker list and ids from the TPU VM metadata server). MODEL_DIR must be
+# a directory all workers share (e.g. an NFS/Filestore or gcsfuse mount). SIGTERM (preemption) on any worker: all
+# workers save one checkpoint at the same step and exit 0; run the same train command again to resume.
 #
 #   TPU_NAME=iq-v4 ZONE=us-central2-b ACCELERATOR_TYPE=v4-32 launch/tpu_vm.sh create
 #   TPU_NAME=iq-v4 ZONE=us-central2-b launch/tpu_vm.sh setup
 #   TPU_NAME=iq-v4 ZONE=us-central2-b launch/tpu_vm.sh train --gin_file=runs/finetune.gin \
 #       --gin_file=models/t5_1_1_base.gin --gin_file=tasks/xsum.gin --gin_file=objectives/iqlearn.gin \
-#       --gin.MODEL_DIR="'gs://BUCKET/xsum_iqlearn'"
+#       --gin.MODEL_DIR="'/mnt/shared/xsum_iqlearn'"
 #   TPU_NAME=iq-v4 ZONE=us-central2-b launch/tpu_vm.sh delete
 #
 # Environment: TPU_NAME, ZONE (required); ACCELERATOR_TYPE (create; default v4-8); RUNTIME_VERSION (create;
@@ -16,7 +19,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -58,7 +61,7 @@ python3 -m venv .venv; .venv/bin/pip install -q -e '.[tpu]'"
   train)
     [ $# -ge 1 ] || { echo "train: pass the iqlearn_jax.train flags (--gin_file=... --gin.MODEL_DIR=...)" >&2; exit 2; }
     args=$(printf '%q ' "$@")
-    on_all_workers "cd iqlearn_jax && IQLEARN_DATA_DIR='${IQLEARN_DATA_DIR:-}' .venv/bin/python -m iqlearn_jax.train $args"
+    on_all_workers "cd iqlearn_jax && IQLEARN_DISTRIBUTED=1 IQLEARN_DATA_DIR='${IQLEARN_DATA_DIR:-}' .venv/bin/python -m iqlearn_jax.train $args"
     ;;
   evaluate)
     args=$(printf '%q ' "$@")

@@ -81,6 +81,7 @@ def test_tpu_vm_script_dry_run_targets_all_workers():
         check=True,
     )
     assert "--worker=all" in train.stdout and "iqlearn_jax.train" in train.stdout
+    assert "IQLEARN_DISTRIBUTED=1" in train.stdout  # every worker joins the pod (distributed.py)
     bad = subprocess.run([script, "launch"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown step" in bad.stderr
     missing = subprocess.run(

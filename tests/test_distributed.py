@@ -1,0 +1,167 @@
+"""Multi-process start-up decisions (distributed.plan_from_env) for each launch style, and the errors that name a
+missing or malformed variable; the data-shard layout of a mesh spread over several processes."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from iqlearn_jax import distributed
+from iqlearn_jax.gin_utils import ConfigError
+from iqlearn_jax.partitioning import Partitioner
+
+HAND = {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+SLURM = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_STEP_NODELIST": "node[001-002]",
+    "SLURM_NTASKS": "2",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "0",
+}
+
+
+def plan(env, tpu=False, workers=None):
+    return distributed.plan_from_env(env, on_tpu_vm=lambda: tpu, metadata=lambda key: workers)
+
+
+def test_by_hand_passes_all_three_explicitly():
+    p = plan(HAND)
+    assert p.kind == "manual"
+    assert p.initialize_kwargs == {
+        "coordinator_address": "10.0.0.2:1234",
+        "num_processes": 4,
+        "process_id": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    "drop, named",
+    [
+        (["JAX_COORDINATOR_ADDRESS"], "missing: JAX_COORDINATOR_ADDRESS$"),
+        (["JAX_NUM_PROCESSES"], "missing: JAX_NUM_PROCESSES$"),
+        (["JAX_PROCESS_ID"], "missing: JAX_PROCESS_ID$"),
+        (["JAX_NUM_PROCESSES", "JAX_PROCESS_ID"], "missing: JAX_NUM_PROCESSES, JAX_PROCESS_ID$"),
+    ],
+)
+def test_partial_hand_launch_names_the_missing_variables(drop, named):
+    env = {k: v for k, v in HAND.items() if k not in drop}
+    with pytest.raises(ConfigError, match=named):
+        plan(env)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("JAX_NUM_PROCESSES", "two", r"JAX_NUM_PROCESSES='two' must be an integer >= 1"),
+        ("JAX_NUM_PROCESSES", "0", r"JAX_NUM_PROCESSES=0 must be an integer >= 1"),
+        ("JAX_PROCESS_ID", "-1", r"JAX_PROCESS_ID=-1 must be an integer >= 0"),
+        ("JAX_PROCESS_ID", "4", r"JAX_PROCESS_ID=4 must be in 0\.\.3 \(JAX_NUM_PROCESSES=4\)"),
+        (
+            "JAX_COORDINATOR_ADDRESS",
+            "10.0.0.2",
+            r"JAX_COORDINATOR_ADDRESS='10.0.0.2' must be HOST:PORT",
+        ),
+        ("JAX_COORDINATOR_ADDRESS", "host:99999", r"port in 1\.\.65535"),
+        ("IQLEARN_DISTRIBUTED", "maybe", r"IQLEARN_DISTRIBUTED='maybe' must be auto, 1"),
+    ],
+)
+def test_malformed_values_are_named(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        plan({**HAND, key: value})
+
+
+def test_slurm_and_open_mpi_use_jax_detection():
+    assert plan(SLURM) == distributed.LaunchPlan("slurm", {}, "SLURM job 77, task 1 of 2")
+    # an explicit address under SLURM: jax reads it and takes count and id from SLURM
+    assert plan({**SLURM, "JAX_COORDINATOR_ADDRESS": "node001:5000"}).kind == "slurm"
+    assert plan({**SLURM, "SLURM_NTASKS": "1"}).kind == "single"  # one task: no initialisation
+    with pytest.raises(
+        ConfigError, match="SLURM_STEP_NODELIST, SLURM_PROCID, SLURM_LOCALID not set.*srun"
+    ):
+        plan({"SLURM_JOB_ID": "77", "SLURM_NTASKS": "2"})  # sbatch script outside srun
+    ompi = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}
+    assert plan({**ompi, "OMPI_MCA_orte_hnp_uri": "1;tcp://10.0.0.1:1"}).initialize_kwargs == {}
+    with pytest.raises(ConfigError, match="OMPI_MCA_orte_hnp_uri.*set JAX_COORDINATOR_ADDRESS"):
+        plan(ompi)  # Open MPI 5 (no ORTE URI) without an address
+    assert plan({**ompi, "JAX_COORDINATOR_ADDRESS": "h:1"}).initialize_kwargs == {
+        "coordinator_address": "h:1",
+        "num_processes": 2,
+        "process_id": 1,
+    }
+
+
+def test_cloud_tpu_vm_slices():
+    env_hosts = {"TPU_WORKER_HOSTNAMES": "t-w-0,t-w-1,t-w-2,t-w-3", "TPU_WORKER_ID": "2"}
+    assert plan(env_hosts, tpu=True).kind == "tpu"  # GKE: hosts in the environment
+    assert plan({}, tpu=True, workers="10.1.0.2,10.1.0.3").kind == "tpu"  # TPU VM: metadata server
+    assert plan({}, tpu=True, workers="10.1.0.2").kind == "single"  # one-host TPU VM
+    assert (
+        plan({}, tpu=True, workers=None).kind == "single"
+    )  # metadata unreadable: warns, one process
+    assert plan({"IQLEARN_DISTRIBUTED": "1"}, tpu=True, workers=None).kind == "forced"
+    assert plan({"TPU_WORKER_HOSTNAMES": "a,b"}, tpu=False).kind == "single"  # not a TPU VM
+    assert plan({**HAND, "IQLEARN_DISTRIBUTED": "0"}).kind == "single"
+    assert plan({}).initialize_kwargs is None
+    with pytest.raises(ConfigError, match="missing: JAX_NUM_PROCESSES, JAX_PROCESS_ID"):
+        plan({"JAX_COORDINATOR_ADDRESS": "h:1"})  # an address alone, nothing supplies count and id
+
+
+class FakeDevice:
+    def __init__(self, process_index):
+        self.process_index = process_index
+
+
+class FakeMesh:
+    axis_names = ("data", "model")
+
+    def __init__(self, shape, processes):
+        self.shape = dict(zip(self.axis_names, shape, strict=True))
+        self.devices = np.array([FakeDevice(p) for p in processes], dtype=object).reshape(shape)
+
+
+@pytest.mark.parametrize(
+    "shape, processes, me, expected",
+    [
+        ((8, 1), [0] * 4 + [1] * 4, 1, (1, 2, 4)),  # data parallel: one shard per process
+        ((4, 2), [0] * 4 + [1] * 4, 0, (0, 2, 2)),  # model parallel within each process
+        (
+            (1, 8),
+            [0] * 4 + [1] * 4,
+            1,
+            (0, 1, 1),
+        ),  # model parallel across processes: one shared shard
+        ((2, 4), [0, 0, 1, 1, 0, 0, 1, 1], 1, (0, 1, 2)),  # each process holds both data rows
+    ],
+)
+def test_data_shards_follow_the_mesh(monkeypatch, shape, processes, me, expected):
+    monkeypatch.setattr("jax.process_index", lambda: me)
+    partitioner = Partitioner(mesh=FakeMesh(shape, processes))
+    assert partitioner.data_shards() == expected
+    assert partitioner.local_batch_size(16) == 16 // expected[1]
+
+
+def test_interleaved_data_rows_are_refused(monkeypatch):
+    monkeypatch.setattr("jax.process_index", lambda: 0)
+    partitioner = Partitioner(mesh=FakeMesh((4, 1), [0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=r"process 0 holds 'data' rows \[0, 2\]"):
+        partitioner.data_shards()
+
+
+def test_cli_exits_2_naming_the_missing_variable(tmp_path):
+    """A hand launch missing JAX_COORDINATOR_ADDRESS stops before MODEL_DIR is created, exit 2."""
+    model_dir = tmp_path / "never"
+    env = {
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": "0",
+        "JAX_PLATFORMS": "cpu",
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "iqlearn_jax.train", "--gin_file=runs/quickstart.gin",
+         f"--gin.MODEL_DIR='{model_dir}'"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "missing: JAX_COORDINATOR_ADDRESS" in proc.stderr
+    assert not model_dir.exists()

@@ -25,6 +25,7 @@ what is assumed: that a plain `gcloud compute tpus tpu-vm create` VM serves `wor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import urllib.request
@@ -283,3 +284,37 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def check_shared_directory(path: os.PathLike) -> None:
+    """Raises ConfigError unless every process sees the same directory `path` (process 0 writes a token that all
+    others must read back). No-op on one process. A collective: every process calls it."""
+    import pathlib
+    import uuid
+
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return
+    token = uuid.uuid4().int % (2**62)
+    token = int(multihost_utils.broadcast_one_to_all(np.int64(token)))
+    probe = pathlib.Path(path) / f".shared_probe_{token}"
+    if is_primary():
+        with contextlib.suppress(OSError):  # then nobody reads it back: the error below
+            probe.write_text(str(token))
+    barrier("shared_probe_written")
+    try:
+        seen = probe.read_text() == str(token)
+    except OSError:
+        seen = False
+    missing = any_process(not seen)
+    barrier("shared_probe_read")
+    if is_primary():
+        probe.unlink(missing_ok=True)
+    if missing:
+        raise ConfigError(
+            f"MODEL_DIR {str(path)!r} is not the same directory on every process (process 0's file was not "
+            "visible to all): use a directory all hosts share (NFS/Filestore, a gcsfuse mount)"
+        )

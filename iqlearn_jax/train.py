@@ -41,10 +41,14 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from iqlearn_jax import algorithms, optimizers, preemption, trainer
-from iqlearn_jax import preflight
+from iqlearn_jax import algorithms, optimizers, preemption, preflight, trainer
 from iqlearn_jax.checkpoints import manager as ckpt_lib
 from iqlearn_jax.data_pipeline import TrainIterator, get_dataset  # noqa: F401 - get_dataset re-exported
+from iqlearn_jax.distributed import (
+    check_shared_directory,
+    maybe_initialize_distributed,
+    primary_print,
+)
 from iqlearn_jax.gin_utils import (  # noqa: F401 - re-exported for callers of iqlearn_jax.train
     ConfigError,
     default_gin_search_paths,
@@ -60,9 +64,8 @@ from iqlearn_jax.observability import (
     ProgressMeter,
     TrainResult,
 )
-from iqlearn_jax.step_metrics import PendingMetrics, raise_if_nonfinite
-from iqlearn_jax.distributed import maybe_initialize_distributed, primary_print
 from iqlearn_jax.partitioning import Partitioner, replicated_to_host
+from iqlearn_jax.step_metrics import PendingMetrics, raise_if_nonfinite
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "gin files to parse, in order")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "individual gin bindings")
@@ -248,6 +251,7 @@ def train(
 
     # ---- from here on MODEL_DIR is written ----
     model_dir_path.mkdir(parents=True, exist_ok=True)
+    check_shared_directory(model_dir_path)  # several processes: one MODEL_DIR for all
     ckpt = ckpt_lib.TrainCheckpointManager(
         model_dir_path, keep=keep_checkpoints, async_save=async_checkpointing
     )

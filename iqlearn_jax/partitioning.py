@@ -256,31 +256,30 @@ class Partitioner:
         return {k: self.sharding(self.batch_spec(np.ndim(v))) for k, v in batch.items()}
 
     def data_shards(self) -> tuple[int, int, int]:
-        """(index, count, k): this process's input shard, the number of distinct shards, data rows per shard.
+        """(index, count, k): this process's input shard, the number of distinct shards, data rows per process.
 
-        A process feeds the batch rows its devices hold: the 'data' coordinates of its devices must form one
-        aligned block of k consecutive mesh rows (count = data size / k). Processes holding the same block feed
-        the same shard: with model parallelism across processes (e.g. mesh (1, 8) over 2 processes) there is one
-        shard and both processes read it; with one block per process, count is the process count.
+        A process feeds the batch rows its devices hold (in mesh order; `jax.make_array_from_process_local_data`
+        maps them to its rows of the global batch, contiguous or not). Processes holding the same set of 'data'
+        rows feed the same shard: with model parallelism across processes (e.g. mesh (1, 8) over 2 processes)
+        there is one shard and both processes read it; with data parallelism only, one shard per process. Shards
+        are numbered by their first row; every process must hold the same number of rows, sets equal or disjoint.
         """
         if getattr(self, "_data_shards", None) is not None:
             return self._data_shards
         data_axis = self.mesh.axis_names.index(DATA_AXIS)
-        me = jax.process_index()
-        rows = sorted(
-            {
-                int(idx[data_axis])
-                for idx, d in np.ndenumerate(self.mesh.devices)
-                if d.process_index == me
-            }
-        )
-        k = len(rows)
-        if rows != list(range(rows[0], rows[0] + k)) or rows[0] % k or self.data_size % k:
+        held: dict[int, set[int]] = {}
+        for idx, device in np.ndenumerate(self.mesh.devices):
+            held.setdefault(device.process_index, set()).add(int(idx[data_axis]))
+        distinct = sorted({frozenset(rows) for rows in held.values()}, key=min)
+        sizes = {len(rows) for rows in distinct}
+        if len(sizes) != 1 or sum(len(rows) for rows in distinct) != self.data_size:
             raise ValueError(
-                f"process {me} holds 'data' rows {rows} of mesh {dict(self.mesh.shape)}: each process must hold "
-                "one aligned block of consecutive data rows"
+                f"mesh {dict(self.mesh.shape)} gives processes the 'data' rows "
+                f"{ {p: sorted(r) for p, r in sorted(held.items())} }: every process must hold the same number of "
+                "rows, and two processes the same rows or none in common"
             )
-        self._data_shards = (rows[0] // k, self.data_size // k, k)
+        mine = frozenset(held[jax.process_index()])
+        self._data_shards = (distinct.index(mine), len(distinct), len(mine))
         return self._data_shards
 
     def local_batch_size(self, global_batch_size: int) -> int:

@@ -132,6 +132,7 @@ class FakeMesh:
             (0, 1, 1),
         ),  # model parallel across processes: one shared shard
         ((2, 4), [0, 0, 1, 1, 0, 0, 1, 1], 1, (0, 1, 2)),  # each process holds both data rows
+        ((4, 1), [0, 1, 0, 1], 1, (1, 2, 2)),  # interleaved rows {0, 2} and {1, 3}: two shards
     ],
 )
 def test_data_shards_follow_the_mesh(monkeypatch, shape, processes, me, expected):
@@ -141,10 +142,11 @@ def test_data_shards_follow_the_mesh(monkeypatch, shape, processes, me, expected
     assert partitioner.local_batch_size(16) == 16 // expected[1]
 
 
-def test_interleaved_data_rows_are_refused(monkeypatch):
+def test_inconsistent_data_rows_are_refused(monkeypatch):
     monkeypatch.setattr("jax.process_index", lambda: 0)
-    partitioner = Partitioner(mesh=FakeMesh((4, 1), [0, 1, 0, 1]))
-    with pytest.raises(ValueError, match=r"process 0 holds 'data' rows \[0, 2\]"):
+    # process 0 holds 'data' rows {0, 1}, process 1 rows {1, 2, 3}
+    partitioner = Partitioner(mesh=FakeMesh((4, 2), [0, 0, 0, 1, 1, 1, 1, 1]))
+    with pytest.raises(ValueError, match=r"rows \{0: \[0, 1\], 1: \[1, 2, 3\]\}"):
         partitioner.data_shards()
 
 

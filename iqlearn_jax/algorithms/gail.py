@@ -163,15 +163,11 @@ class GAIL(Algorithm):
             metrics["expert_mean_reward"] = gl._mean(jax.nn.softplus(d_expert), expert_weights(batch))
             return loss, metrics
 
-        def step_fn(state, batch):
+        def update(state, batch, policy_batch, info, do_sample):
+            """The update alone, on a given policy batch (bench/algorithm_time.py times it separately)."""
             batch = dict(batch)
             params = state.params
             step_rng = jax.random.fold_in(state.rng, state.step)
-            do_sample = (state.step % sampler.every_k_steps) == 0
-            policy_batch, info = maybe_sample(
-                model, params["policy"], batch, jax.random.fold_in(step_rng, SAMPLING_STREAM),
-                sampler, do_sample,
-            )  # fmt: skip
             w = policy_batch["decoder_loss_weights"]
             frozen = jax.lax.stop_gradient
             d_policy = gl.token_logit(
@@ -220,7 +216,7 @@ class GAIL(Algorithm):
             metrics["mean_reward"] = gl._mean(rewards, w)
             metrics["mean_return"] = gl._mean(returns, w)
             metrics["mean_value"] = gl._mean(values, w)
-            metrics["sampled"] = do_sample.astype(jnp.float32)
+            metrics["sampled"] = jnp.asarray(do_sample, jnp.float32)
             metrics.update(sample_stats("policy_", info["lengths"], info["ended"]))
             ew = expert_weights(batch)
             metrics["expert_sample_length"] = jnp.mean(jnp.sum(ew > 0, axis=1).astype(jnp.float32))
@@ -229,4 +225,14 @@ class GAIL(Algorithm):
             new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt)
             return new_state, metrics
 
+        def step_fn(state, batch):
+            step_rng = jax.random.fold_in(state.rng, state.step)
+            do_sample = (state.step % sampler.every_k_steps) == 0
+            policy_batch, info = maybe_sample(
+                model, state.params["policy"], batch, jax.random.fold_in(step_rng, SAMPLING_STREAM),
+                sampler, do_sample,
+            )  # fmt: skip
+            return update(state, batch, policy_batch, info, do_sample)
+
+        step_fn.update = update
         return step_fn

@@ -162,14 +162,10 @@ class OnlineIQLearn(Algorithm):
             out["expert_loss"] = jnp.asarray(loss, jnp.float32)
             return total, out
 
-        def step_fn(state, batch):
+        def update(state, batch, policy_batch, info, do_sample):
+            """The update alone, on a given policy batch (bench/algorithm_time.py times it separately)."""
             batch = dict(batch)
             step_rng = jax.random.fold_in(state.rng, state.step)  # = the offline dropout key
-            do_sample = (state.step % sampler.every_k_steps) == 0
-            policy_batch, info = maybe_sample(
-                model, state.params, batch, jax.random.fold_in(step_rng, SAMPLING_STREAM), sampler,
-                do_sample,
-            )  # fmt: skip
             active = do_sample & alpha_on
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 state.params, batch, policy_batch, active, step_rng, state.step
@@ -179,7 +175,7 @@ class OnlineIQLearn(Algorithm):
             )
             metrics["loss"] = jnp.asarray(loss, jnp.float32)
             metrics["grad_norm"] = grad_norm
-            metrics["sampled"] = do_sample.astype(jnp.float32)
+            metrics["sampled"] = jnp.asarray(do_sample, jnp.float32)
             metrics.update(sample_stats("policy_", info["lengths"], info["ended"]))
             weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
             metrics["expert_sample_length"] = jnp.mean(jnp.sum(weights > 0, axis=1).astype(jnp.float32))
@@ -192,6 +188,16 @@ class OnlineIQLearn(Algorithm):
             )
             return new_state, metrics
 
+        def step_fn(state, batch):
+            step_rng = jax.random.fold_in(state.rng, state.step)
+            do_sample = (state.step % sampler.every_k_steps) == 0
+            policy_batch, info = maybe_sample(
+                model, state.params, batch, jax.random.fold_in(step_rng, SAMPLING_STREAM), sampler,
+                do_sample,
+            )  # fmt: skip
+            return update(state, batch, policy_batch, info, do_sample)
+
+        step_fn.update = update
         return step_fn
 
 

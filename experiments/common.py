@@ -169,7 +169,9 @@ def train_run(spec: RunSpec, log=print) -> pathlib.Path:
         gin.clear_config()
     seconds = time.time() - t0
     if result.preempted or result.final_step < spec.train_steps:
-        raise SystemExit(f"{spec.name} stopped at step {result.final_step} (SIGTERM); rerun to resume")
+        raise SystemExit(
+            f"{spec.name} stopped at step {result.final_step} (SIGTERM); rerun to resume"
+        )
     (model_dir / "DONE").write_text(json.dumps({"seconds": seconds, "command": spec.command()}))
     (model_dir / "LOCK").unlink(missing_ok=True)
     log(

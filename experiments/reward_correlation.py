@@ -22,6 +22,7 @@ CPU only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
@@ -63,16 +64,21 @@ def plan(smoke: bool) -> tuple[list[common.RunSpec], list[common.RunSpec]]:
     scratch = pareto.specs(smoke)
     tunes = []
     for spec in scratch:
-        if spec.objective == "mle":
+        if spec.objective == "mle" or smoke:
             tunes += finetunes(spec.seed, spec, 2 if smoke else FINETUNE_STEPS)
-    if smoke:
-        tunes = tunes[:2]  # MLE continued and online IQLearn: the two code paths
+    if smoke:  # one online IQLearn fine-tune of pareto.py --smoke's run
+        tunes = [
+            dataclasses.replace(t, init_from=scratch[0].name)
+            for t in finetunes(0, scratch[0], 2)
+            if t.online_alpha is not None
+        ][:1]
     return scratch, tunes
 
 
 SETTING = (
     "temp1_k2_calc"  # T = 1, 2 samples per prompt, calculator: the setting pareto.py also decodes
 )
+SMOKE_SETTING = "greedy_calc"
 
 
 def eval_dir(spec: common.RunSpec) -> pathlib.Path:
@@ -91,7 +97,7 @@ def run_one(spec: common.RunSpec, smoke: bool) -> None:
         spec,
         model_dir,
         eval_dir(spec),
-        temperatures=(1.0,),
+        temperatures=(0.0,) if smoke else (1.0,),
         num_samples=2,
         calculator="on",
         max_examples=4 if smoke else 32,
@@ -105,7 +111,8 @@ def collect(scratch: list[common.RunSpec], tunes: list[common.RunSpec], smoke: b
             d = eval_dir(spec)
             if not (d / "summary.json").exists():
                 continue
-            values = {k: v for k, v in common.setting_values(d).items() if k == SETTING}
+            wanted = SMOKE_SETTING if smoke else SETTING
+            values = {k: v for k, v in common.setting_values(d).items() if k == wanted}
             if not values:
                 continue
             row = rows.setdefault(

@@ -234,6 +234,68 @@ def _label(row: dict) -> str:
     return f"{prefix}{row['objective']} λ={row['lam']:g}"
 
 
+# Axis labels with units: every task metric and Self-BLEU are on a 0-100 scale (metrics/task_metrics.py).
+METRIC_AXIS_LABELS = {
+    "accuracy": "accuracy (% of answers correct)",
+    "rouge1": "ROUGE-1 F1 (0–100)",
+    "rouge2": "ROUGE-2 F1 (0–100)",
+    "rougeLsum": "ROUGE-Lsum F1 (0–100)",
+    "bleu": "BLEU (0–100)",
+    "chrf": "chrF (0–100)",
+}
+
+
+def metric_axis_label(metric: str) -> str:
+    return METRIC_AXIS_LABELS.get(metric, f"{metric} (0–100)")
+
+
+def _short_setting(setting: dict) -> str:
+    """Point label: 'T0.7' (sampling temperature; 'greedy' at 0) or 'b4' (beam size); the calculator is the hollow
+    marker, the objective the colour."""
+    if setting.get("method") == "beam":
+        return f"b{setting.get('beam_size', '?')}"
+    temperature = float(setting.get("temperature") or 0.0)
+    return "greedy" if temperature == 0 else f"T{temperature:g}"
+
+
+# Offsets (points) tried in turn for a point's label; a label that fits nowhere is left out.
+_LABEL_OFFSETS = [(4, 3), (4, -10), (-4, 3), (-4, -10), (0, 8), (0, -14), (10, 10), (-10, -16)]
+
+
+def place_labels(ax, labelled: list[tuple[float, float, str]], fontsize: int = 7) -> int:
+    """Annotates points so that no two labels overlap and none leaves the axes (greedy over _LABEL_OFFSETS);
+    returns the number of labels left out for lack of room."""
+    import matplotlib.transforms
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    legend = ax.get_legend()
+    placed = [legend.get_window_extent(renderer)] if legend is not None else []
+    for x, y, _ in labelled:  # labels never cover a marker
+        px, py = ax.transData.transform((x, y))
+        placed.append(matplotlib.transforms.Bbox([[px - 4, py - 4], [px + 4, py + 4]]))
+    omitted = 0
+    for x, y, text in labelled:
+        for dx, dy in _LABEL_OFFSETS:
+            ann = ax.annotate(
+                text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                ha="left" if dx > 0 else "right" if dx < 0 else "center", annotation_clip=True,
+            )  # fmt: skip
+            box = ann.get_window_extent(renderer)
+            fits = (
+                box.x0 >= inside.x0 and box.x1 <= inside.x1
+                and box.y0 >= inside.y0 and box.y1 <= inside.y1
+            )  # fmt: skip
+            if fits and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            ann.remove()
+        else:
+            omitted += 1
+    return omitted
+
+
 def _pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points not dominated by another with lower-or-equal x (Self-BLEU) and higher-or-equal y (metric)."""
     front = []
@@ -258,7 +320,7 @@ def plot_pareto(rows: list[dict], task: str, metric: str, path: pathlib.Path) ->
     by_label: dict[str, list[dict]] = defaultdict(list)
     for r in trows:
         by_label[_label(r)].append(r)
-    all_points = []
+    all_points, labelled = [], []
     for i, (label, rs) in enumerate(sorted(by_label.items())):
         color = f"C{i % 10}"
         for r in rs:
@@ -276,9 +338,7 @@ def plot_pareto(rows: list[dict], task: str, metric: str, path: pathlib.Path) ->
                 capsize=3,
                 mfc="white" if r["setting"].get("calculator") else color,
             )
-            ax.annotate(
-                r["setting"]["name"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points"
-            )
+            labelled.append((x, y, _short_setting(r["setting"])))
         for calc, style in ((False, "-"), (True, ":")):
             sampled = sorted(
                 (
@@ -299,16 +359,23 @@ def plot_pareto(rows: list[dict], task: str, metric: str, path: pathlib.Path) ->
         ax.plot([], [], "o-", color=color, label=label)
     front = _pareto_front(all_points)
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
-    ax.set_xlabel("Self-BLEU-4 (lower = more diverse)")
-    ax.set_ylabel(metric)
+    ax.set_xlabel("Self-BLEU-4 (0–100; lower = more diverse)")
+    ax.set_ylabel(metric_axis_label(metric))
     ax.set_title(
         f"{task}: {metric} vs diversity\n(o sampling: temperatures joined, s beam; "
-        "hollow/dotted = with calculator)",
+        "hollow/dotted = with calculator; T = temperature, b = beam size)",
         fontsize=10,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
+    ax.margins(0.12)  # room for labels inside the axes
     fig.tight_layout()
+    omitted = place_labels(ax, labelled)
+    if omitted:
+        ax.text(
+            0.99, 0.01, f"{omitted} point labels left out (no room)", transform=ax.transAxes,
+            ha="right", va="bottom", fontsize=7, color="0.4",
+        )  # fmt: skip
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
@@ -352,7 +419,7 @@ def plot_temperature(rows: list[dict], task: str, metric: str, path: pathlib.Pat
         es = [e if math.isfinite(e) else 0.0 for e in es]
         ax.errorbar(xs, ys, yerr=es, fmt="o-", color=f"C{i % 10}", capsize=3, label=label)
     ax.set_xlabel("sampling temperature (0 = greedy)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric_axis_label(metric))
     ax.set_title(f"{task}: {metric} vs temperature")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

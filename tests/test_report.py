@@ -68,3 +68,47 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="--metric"):
         _write(tmp_path / "ok", "mle", 0.0, 0, {"name": "greedy", "method": "sample"}, 1.0, 2.0)
         report.make_report([tmp_path / "ok"], tmp_path / "out", metric="rouge1")
+
+
+def test_point_labels_never_overlap_and_stay_inside_the_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from iqlearn_jax import report
+
+    rng = np.random.default_rng(0)
+    points = [
+        (float(x), float(y), f"T{i / 10:g}")
+        for i, (x, y) in enumerate(rng.normal(size=(40, 2)) * 0.3)
+    ]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o", label="points")
+    ax.legend()
+    ax.margins(0.12)
+    fig.tight_layout()
+    omitted = report.place_labels(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) + omitted == len(points) and len(boxes) >= 10
+    inside = ax.get_window_extent(renderer)
+    legend = ax.get_legend().get_window_extent(renderer)
+    for i, box in enumerate(boxes):
+        assert (
+            inside.x0 <= box.x0
+            and box.x1 <= inside.x1
+            and inside.y0 <= box.y0
+            and box.y1 <= inside.y1
+        )
+        assert not box.overlaps(legend)
+        assert not any(box.overlaps(other) for other in boxes[i + 1 :])
+    plt.close(fig)
+
+
+def test_metric_axes_have_units():
+    from iqlearn_jax import report
+
+    assert report.metric_axis_label("accuracy") == "accuracy (% of answers correct)"
+    assert report.metric_axis_label("rouge2") == "ROUGE-2 F1 (0–100)"
+    assert report.metric_axis_label("new_metric") == "new_metric (0–100)"

@@ -6,8 +6,11 @@ r"""Training CLI and loop (T5X flag conventions).
         --gin.IQLEARN_LAMBDA=0.1 [--gin_search_paths=DIR,...]
 
 `--gin.KEY=VALUE` is T5X's shorthand for `--gin_bindings='KEY = VALUE'`. The repository's gin_configs/ is always on
-the search path. Bad configuration (unknown binding, missing required macro, unknown task, unwritable MODEL_DIR,
-initial checkpoint not matching the model) stops before anything in MODEL_DIR is touched, with exit status 2.
+the search path. Bad input stops before anything in MODEL_DIR is touched (a new MODEL_DIR is not created), with
+exit status 2 and a message naming it: unknown binding, missing required macro, unknown task, a `train.train` value
+out of range, unwritable MODEL_DIR, a data file that is empty, malformed or not UTF-8 (file and line), an initial
+checkpoint in no known format or not matching the model, and a resume into a MODEL_DIR whose checkpoints hold
+another model, optimizer, task or batch size (see iqlearn_jax/preflight.py and checkpoints/manager.py).
 A NaN/Inf loss stops with status 1 (never checkpointed); SIGTERM saves a checkpoint and exits 0.
 
 MODEL_DIR receives: checkpoints/<step>/ (Orbax), tensorboard/{train,validation}/ (clu summaries), metrics.jsonl

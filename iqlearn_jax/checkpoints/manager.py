@@ -518,6 +518,8 @@ def load_initial_params(
     if fmt == "orbax":
         restored = ocp.StandardCheckpointer().restore(_orbax_state_dir(path).absolute())
         params = restored["params"]
+        if isinstance(params, dict) and {"policy", "reference"} <= set(params):
+            params = params["policy"]  # a GAIL run (iqlearn_jax.algorithms): its policy network
     elif fmt == "t5x":
         from iqlearn_jax.checkpoints import import_t5x_checkpoint
 

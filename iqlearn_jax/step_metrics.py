@@ -42,7 +42,10 @@ class PendingMetrics:
         self.max_in_flight = max_in_flight
         self._records: list[StepRecord] = []
         self._known_done = 0  # records[:known_done] are known to be computed
-        self.blocked_seconds = 0.0  # host time spent waiting for the device (benchmarks)
+        # Host seconds spent waiting (benchmarks): in `add` for the oldest in-flight step (back-pressure: the
+        # device still has queued steps) and in `fetch` (a read: the device runs dry unless steps follow).
+        self.backpressure_seconds = 0.0
+        self.read_seconds = 0.0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -56,7 +59,7 @@ class PendingMetrics:
 
             t0 = time.perf_counter()
             jax.block_until_ready(self._records[oldest_allowed - 1].metrics)
-            self.blocked_seconds += time.perf_counter() - t0
+            self.backpressure_seconds += time.perf_counter() - t0
             self._known_done = oldest_allowed
 
     def fetch(self) -> list[StepRecord]:
@@ -74,7 +77,7 @@ class PendingMetrics:
             StepRecord(r.step, {k: float(np.asarray(a)) for k, a in row}, r.tokens)
             for r, row in zip(records, arrays, strict=True)
         ]
-        self.blocked_seconds += time.perf_counter() - t0
+        self.read_seconds += time.perf_counter() - t0
         return out
 
 

@@ -262,28 +262,75 @@ def primary_print(*args: Any, **kwargs: Any) -> None:
         print(*args, flush=True, **kwargs)
 
 
-def any_process(flag: bool) -> bool:
-    """True on every process when `flag` is True on at least one (a collective: every process must call it at
-    the same point). One process: `flag` itself, no device work. Several: a tiny all-gather over all devices,
-    which waits for the work already queued on this process's devices."""
-    import jax
-    import numpy as np
+# ---- host-side agreement through jax's coordination service (no device work, no gloo) -------------------------
+# Generous: processes may be minutes apart (compilation on a loaded machine, slow storage).
+SYNC_TIMEOUT_S = 1800
+_rounds: dict[str, int] = {}
 
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+def _client() -> Any:
+    """jax.distributed's coordination-service client (jax internal; Orbax relies on the same object)."""
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        raise RuntimeError("several JAX processes but jax.distributed is not initialised")
+    return client
+
+
+def _round(name: str) -> str:
+    """A fresh id per call of `name`: every process makes the same calls in the same order."""
+    _rounds[name] = _rounds.get(name, 0) + 1
+    return f"iqlearn/{name}/{_rounds[name]}"
 
 
 def barrier(name: str) -> None:
-    """All processes wait here (no-op on one process)."""
+    """All processes wait here (no-op on one process). Host-only: queued device work is not waited for."""
     import jax
 
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+        _client().wait_at_barrier(_round(name), SYNC_TIMEOUT_S * 1000)
 
-        multihost_utils.sync_global_devices(name)
+
+def any_process(flag: bool, name: str = "any") -> bool:
+    """True on every process when `flag` is True on at least one. A collective: every process must call it at the
+    same point. Host-only (a key per process in the coordination service, a barrier, one read): no device work,
+    so it does not wait for the steps in flight."""
+    import jax
+
+    if jax.process_count() == 1:
+        return bool(flag)
+    client, key = _client(), _round(name)
+    client.key_value_set(f"{key}/{jax.process_index()}", "1" if flag else "0")
+    client.wait_at_barrier(f"{key}/barrier", SYNC_TIMEOUT_S * 1000)
+    values = [v for _, v in client.key_value_dir_get(f"{key}/")]
+    client.wait_at_barrier(f"{key}/read", SYNC_TIMEOUT_S * 1000)
+    client.key_value_delete(f"{key}/{jax.process_index()}")
+    return "1" in values
+
+
+class AlignedFirstCall:
+    """Wraps a jitted step: with several CPU processes, the first call compiles, waits for every process, then runs.
+
+    Gloo (jax's CPU collectives) connects the processes at a program's first collective with a fixed 30 s deadline;
+    processes that compile at different speeds (a loaded machine) would miss it. Other backends: a plain call.
+    """
+
+    def __init__(self, step: Any, name: str) -> None:
+        self._step, self._name, self._aligned = step, name, False
+
+    def __call__(self, *args: Any) -> Any:
+        if not self._aligned:
+            import jax
+
+            if jax.process_count() > 1 and jax.default_backend() == "cpu":
+                self._step.lower(*args).compile()  # the call below reuses it
+                barrier(f"compiled_{self._name}")
+            self._aligned = True
+        return self._step(*args)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._step, attr)
 
 
 def check_shared_directory(path: os.PathLike) -> None:
@@ -293,24 +340,25 @@ def check_shared_directory(path: os.PathLike) -> None:
     import uuid
 
     import jax
-    import numpy as np
-    from jax.experimental import multihost_utils
 
     if jax.process_count() == 1:
         return
-    token = uuid.uuid4().int % (2**62)
-    token = int(multihost_utils.broadcast_one_to_all(np.int64(token)))
+    key = _round("shared_probe")
+    if is_primary():
+        token = uuid.uuid4().hex
+        _client().key_value_set(key, token)
+    else:
+        token = _client().blocking_key_value_get(key, SYNC_TIMEOUT_S * 1000)
     probe = pathlib.Path(path) / f".shared_probe_{token}"
     if is_primary():
         with contextlib.suppress(OSError):  # then nobody reads it back: the error below
-            probe.write_text(str(token))
+            probe.write_text(token)
     barrier("shared_probe_written")
     try:
-        seen = probe.read_text() == str(token)
+        seen = probe.read_text() == token
     except OSError:
         seen = False
-    missing = any_process(not seen)
-    barrier("shared_probe_read")
+    missing = any_process(not seen, "shared_probe_seen")
     if is_primary():
         probe.unlink(missing_ok=True)
     if missing:

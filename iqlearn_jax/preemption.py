@@ -9,10 +9,9 @@ Three ways to agree, picked once at start (`PreemptionGuard.mode`):
   work) and turns True on all processes at the same step, one past the largest step any process had reported.
   Latency: 1 to 2 steps.
 - 'collective': several processes without that service. A Python SIGTERM handler on every process sets a local
-  flag; every `check_period` steps all processes exchange their flags with a tiny all-gather
-  (`distributed.any_process`) and stop together when any is set. The all-gather waits for the steps already queued
-  on the devices, so it runs only every `check_period` steps, not every step. Latency: up to `check_period` steps
-  after the signal (plus the step in flight).
+  flag; every `check_period` steps (default 1) the processes exchange their flags through jax's coordination
+  service (`distributed.any_process`: a key per process, a barrier, one read; host-only, so it does not wait for
+  the steps in flight) and stop together when any is set. Latency: up to `check_period` steps after the signal.
 - 'local': one process. The Python handler's flag is read every step (no device work). Latency: 1 step.
 
 Cloud TPU preemption (spot / preemptible VMs, maintenance events) sends SIGTERM to every worker with about 30 s
@@ -53,7 +52,7 @@ class PreemptionGuard:
       check_period: steps between collective checks ('collective' mode only).
     """
 
-    def __init__(self, check_period: int = 10) -> None:
+    def __init__(self, check_period: int = 1) -> None:
         if check_period < 1:
             raise ValueError(
                 f"preemption.PreemptionGuard.check_period must be >= 1, got {check_period}"
@@ -101,4 +100,4 @@ class PreemptionGuard:
             return self.signalled.is_set()
         if step % self.check_period:
             return False
-        return distributed.any_process(self.signalled.is_set())
+        return distributed.any_process(self.signalled.is_set(), "preemption")

@@ -48,6 +48,7 @@ from iqlearn_jax import algorithms, optimizers, preemption, preflight, trainer
 from iqlearn_jax.checkpoints import manager as ckpt_lib
 from iqlearn_jax.data_pipeline import TrainIterator, get_dataset  # noqa: F401 - get_dataset re-exported
 from iqlearn_jax.distributed import (
+    AlignedFirstCall,
     check_shared_directory,
     maybe_initialize_distributed,
     primary_print,
@@ -298,6 +299,9 @@ def train(
     eval_fn = trainer.build_eval_step(
         model, partitioner, algorithms.policy_view(algorithm, shardings.params)
     )
+    # Several CPU processes: compile, then wait for all, before a program's first collective (gloo's 30 s).
+    step_fn = AlignedFirstCall(step_fn, "train_step")
+    eval_fn = AlignedFirstCall(eval_fn, "eval_step")
     logger = MetricsLogger(model_dir_path, resume_step=start_step)
 
     guard = preemption.PreemptionGuard().__enter__()  # SIGTERM on any process: all save at one step

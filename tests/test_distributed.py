@@ -3,6 +3,7 @@ missing or malformed variable; the data-shard layout of a mesh spread over sever
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -167,3 +168,22 @@ def test_cli_exits_2_naming_the_missing_variable(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "missing: JAX_COORDINATOR_ADDRESS" in proc.stderr
     assert not model_dir.exists()
+
+
+def test_preemption_guard_one_process_handles_sigterm_and_restores_the_handler():
+    import os
+    import signal
+
+    from iqlearn_jax.preemption import PreemptionGuard
+
+    before = signal.getsignal(signal.SIGTERM)
+    with PreemptionGuard() as guard:
+        assert guard.mode == "local" and not guard.should_stop(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: the test process lives on
+        deadline = time.time() + 10
+        while not guard.should_stop(2) and time.time() < deadline:
+            time.sleep(0.01)
+        assert guard.should_stop(2)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with pytest.raises(ValueError, match="check_period must be >= 1, got 0"):
+        PreemptionGuard(check_period=0)

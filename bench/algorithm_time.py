@@ -43,7 +43,10 @@ def memory_of(compiled) -> int | None:
     if a is None:
         return None
     return (
-        a.argument_size_in_bytes + a.output_size_in_bytes + a.temp_size_in_bytes - a.alias_size_in_bytes
+        a.argument_size_in_bytes
+        + a.output_size_in_bytes
+        + a.temp_size_in_bytes
+        - a.alias_size_in_bytes
     )
 
 
@@ -83,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     algos = {
         "mle": None,
         "iqlearn": None,
-        "online_iqlearn": OnlineIQLearn(alpha=0.1, sampler=sampler).bind(models["iqlearn"], lengths),
-        "gail": GAIL(require_initial_checkpoint=False, sampler=sampler).bind(models["gail"], lengths),
+        "online_iqlearn": OnlineIQLearn(alpha=0.1, sampler=sampler).bind(
+            models["iqlearn"], lengths
+        ),
+        "gail": GAIL(require_initial_checkpoint=False, sampler=sampler).bind(
+            models["gail"], lengths
+        ),
     }
     shapes = trainer.model_feature_shapes(models["mle"], lengths, args.batch_size)
     partitioner = Partitioner(devices=jax.local_devices())
@@ -144,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             t0 = time.perf_counter()
             if name == "sampling":
-                out = sample_fn(states["online_iqlearn"].params, batch, jax.random.fold_in(rng, rep))
+                out = sample_fn(
+                    states["online_iqlearn"].params, batch, jax.random.fold_in(rng, rep)
+                )
             elif algos[name] is None:
                 states[name], out = fns[name](states[name], batch)
             else:
@@ -161,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         f"targets {args.targets_length}); Adam; {args.warmup} warm-up + {args.reps} interleaved timed reps; "
         f"policy samples of mean length {mean_len:.1f} tokens"
     )
-    print("| algorithm | median (ms) | min (ms) | ratio to MLE update | XLA memory per device (MiB) | device peak (MiB) |")
+    print(
+        "| algorithm | median (ms) | min (ms) | ratio to MLE update | XLA memory per device (MiB) | device peak (MiB) |"
+    )
     print("|---|---|---|---|---|---|")
     mle = statistics.median(times["mle"])
     for name in names:
@@ -169,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         mem = f"{memory[name] / 2**20:.1f}" if memory.get(name) else "n/a"
         peak = f"{peaks[name] / 2**20:.1f}" if peaks.get(name) else "n/a"
         label = f"{name} update" if name != "sampling" else "sampling (one batch)"
-        print(f"| {label} | {1e3 * med:.1f} | {1e3 * min(times[name]):.1f} | {med / mle:.2f} | {mem} | {peak} |")
+        print(
+            f"| {label} | {1e3 * med:.1f} | {1e3 * min(times[name]):.1f} | {med / mle:.2f} | {mem} | {peak} |"
+        )
     ratio = {n: statistics.median(times[n]) / mle for n in names}
     print(
         f"online_iqlearn/mle update ratio: {ratio['online_iqlearn']:.2f}; gail/mle update ratio: "

@@ -35,6 +35,7 @@ def cmd(gin_file: str, model_dir: pathlib.Path, *extra: str) -> list[str]:
         "--gin.train.train.checkpoint_period=2",
         "--gin.train.train.log_period=1",
         "--gin.train.train.eval_split=None",
+        "--gin.train.train.async_checkpointing=False",  # the step-2 checkpoint is complete when step 3 prints
         *extra,
     ]  # fmt: skip
 
@@ -48,7 +49,9 @@ def env(cache: pathlib.Path) -> dict:
 
 
 def run_to_end(args: list[str], cache: pathlib.Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=REPO, env=env(cache), capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        args, cwd=REPO, env=env(cache), capture_output=True, text=True, timeout=1500
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -73,7 +76,10 @@ def state_at(model_dir: pathlib.Path, step: int = TRAIN_STEPS) -> dict:
 
 
 def check_resume(gin_file, tmp, cache, *extra):
-    reference, killed = tmp / f"{gin_file}-ref".replace("/", "_"), tmp / f"{gin_file}-kill".replace("/", "_")
+    reference, killed = (
+        tmp / f"{gin_file}-ref".replace("/", "_"),
+        tmp / f"{gin_file}-kill".replace("/", "_"),
+    )
     run_to_end(cmd(gin_file, reference, *extra), cache)
     kill_after(cmd(gin_file, killed, *extra), f"step      3/{TRAIN_STEPS}", cache)
     saved = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
@@ -91,7 +97,9 @@ def check_resume(gin_file, tmp, cache, *extra):
 
 def test_sigkill_restart_exact_online_iqlearn_then_gail(tmp_path):
     cache = tmp_path / "jax_cache"
-    online, online_dir = check_resume("runs/quickstart_online.gin", tmp_path, cache, "--gin.ONLINE_ALPHA=0.3")
+    online, online_dir = check_resume(
+        "runs/quickstart_online.gin", tmp_path, cache, "--gin.ONLINE_ALPHA=0.3"
+    )
     assert set(online["params"]) >= {"encoder", "decoder"}  # offline params layout
     gail, _ = check_resume(
         "runs/quickstart_gail.gin", tmp_path, cache,

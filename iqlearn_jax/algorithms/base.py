@@ -117,7 +117,11 @@ class Algorithm:
         return {n: self.optimizer_for(optimizer, n).init(params[n]) for n in self.trainable}
 
     def opt_state_specs(
-        self, partitioner: Any, optimizer: optax.GradientTransformation, abstract_params: Any, specs: Any
+        self,
+        partitioner: Any,
+        optimizer: optax.GradientTransformation,
+        abstract_params: Any,
+        specs: Any,
     ) -> Any:
         if self.networks is None:
             return partitioner.optimizer_state_specs(optimizer, abstract_params, specs)
@@ -176,7 +180,9 @@ def prepare(
     if algorithm is None:
         return None
     if not isinstance(algorithm, Algorithm):
-        raise ConfigError(f"train.algorithm must be an iqlearn_jax.algorithms.Algorithm, got {algorithm!r}")
+        raise ConfigError(
+            f"train.algorithm must be an iqlearn_jax.algorithms.Algorithm, got {algorithm!r}"
+        )
     try:
         bound = algorithm.bind(
             model, task_feature_lengths, num_microbatches=num_microbatches, pack=pack
@@ -203,7 +209,9 @@ def policy_view(algorithm: Algorithm | None, tree: Any) -> Any:
     return tree if algorithm is None else algorithm.policy_params(tree)
 
 
-def fill_from_initial(algorithm: Algorithm | None, initial_model_params: Any, shardings: Any) -> Any:
+def fill_from_initial(
+    algorithm: Algorithm | None, initial_model_params: Any, shardings: Any
+) -> Any:
     """The state's params from an initial checkpoint's model params: every network the algorithm initialises
     from it gets its own copy (distinct buffers, placed with `shardings`, the state's params shardings)."""
     if algorithm is None or algorithm.networks is None:

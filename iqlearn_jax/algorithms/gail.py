@@ -51,15 +51,15 @@ from iqlearn_jax.gin_utils import ConfigError
 class GAIL(Algorithm):
     """GAIL (paper Appendix A.1.3). Args (all checked, ConfigError naming the value):
 
-      kl_weight: final KL-to-reference weight ≥ 0 (paper: 1e-3).
-      kl_initial_weight: KL weight at step 0 ≥ 0, annealed linearly to `kl_weight` (interpretation; default 1.0).
-      kl_anneal_steps: steps of the annealing ≥ 0 (paper: 10,000).
-      mle_weight: weight ≥ 0 of MLE on the expert batch in the policy loss (paper: needed on XSUM; 0 = off).
-      gamma: discount in [0, 1] of the returns.
-      value_token_id: vocabulary id whose logit is the value head (default 0, PAD).
-      sampler: `Sampler` (temperature, top-k/p, max length, every k steps).
-      require_initial_checkpoint: refuse to start without `train.initial_checkpoint_path` (the paper starts
-        from an MLE checkpoint; False: all networks start from the same random init).
+    kl_weight: final KL-to-reference weight ≥ 0 (paper: 1e-3).
+    kl_initial_weight: KL weight at step 0 ≥ 0, annealed linearly to `kl_weight` (interpretation; default 1.0).
+    kl_anneal_steps: steps of the annealing ≥ 0 (paper: 10,000).
+    mle_weight: weight ≥ 0 of MLE on the expert batch in the policy loss (paper: needed on XSUM; 0 = off).
+    gamma: discount in [0, 1] of the returns.
+    value_token_id: vocabulary id whose logit is the value head (default 0, PAD).
+    sampler: `Sampler` (temperature, top-k/p, max length, every k steps).
+    require_initial_checkpoint: refuse to start without `train.initial_checkpoint_path` (the paper starts
+      from an MLE checkpoint; False: all networks start from the same random init).
     """
 
     networks = ("policy", "value", "discriminator", "reference")
@@ -81,7 +81,10 @@ class GAIL(Algorithm):
         losses_range_check("GAIL.kl_initial_weight", kl_initial_weight, 0.0, inf)
         losses_range_check("GAIL.mle_weight", mle_weight, 0.0, inf)
         losses_range_check("GAIL.gamma", gamma, 0.0, 1.0)
-        for name, value in (("kl_anneal_steps", kl_anneal_steps), ("value_token_id", value_token_id)):
+        for name, value in (
+            ("kl_anneal_steps", kl_anneal_steps),
+            ("value_token_id", value_token_id),
+        ):
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"GAIL.{name} must be a non-negative integer, got {value!r}")
         self.kl_weight = float(kl_weight)
@@ -105,7 +108,9 @@ class GAIL(Algorithm):
         return bound
 
     def kl_weight_at(self, step: Any) -> jax.Array:
-        return gl.annealed_weight(step, self.kl_initial_weight, self.kl_weight, self.kl_anneal_steps)
+        return gl.annealed_weight(
+            step, self.kl_initial_weight, self.kl_weight, self.kl_anneal_steps
+        )
 
     def make_step(
         self,
@@ -119,7 +124,12 @@ class GAIL(Algorithm):
         check_online_run("GAIL", num_microbatches, False)
         if self.sampler.max_length is None:
             raise ValueError("GAIL.make_step needs a bound algorithm (call .bind first)")
-        sampler, gamma, vid, mle_weight = self.sampler, self.gamma, self.value_token_id, self.mle_weight
+        sampler, gamma, vid, mle_weight = (
+            self.sampler,
+            self.gamma,
+            self.value_token_id,
+            self.mle_weight,
+        )
         logits_of = model._compute_logits
 
         def expert_weights(batch):
@@ -136,7 +146,9 @@ class GAIL(Algorithm):
             metrics = {"pg_term": pg, "kl": kl, "policy_log_prob": mean_logp}
             if mle_weight > 0:
                 expert_logits = logits_of(params, batch, jax.random.fold_in(rng, 1))
-                mle = gl.mle_term(expert_logits, batch["decoder_target_tokens"], expert_weights(batch))
+                mle = gl.mle_term(
+                    expert_logits, batch["decoder_target_tokens"], expert_weights(batch)
+                )
                 loss = loss + mle_weight * mle
                 metrics["mle_term"] = mle
             return loss, metrics
@@ -160,7 +172,9 @@ class GAIL(Algorithm):
             loss, metrics = gl.discriminator_loss(
                 d_expert, expert_weights(batch), d_policy, policy_batch["decoder_loss_weights"]
             )
-            metrics["expert_mean_reward"] = gl._mean(jax.nn.softplus(d_expert), expert_weights(batch))
+            metrics["expert_mean_reward"] = gl._mean(
+                jax.nn.softplus(d_expert), expert_weights(batch)
+            )
             return loss, metrics
 
         def update(state, batch, policy_batch, info, do_sample):
@@ -191,7 +205,9 @@ class GAIL(Algorithm):
                 params["discriminator"], policy_batch, batch,
                 jax.random.fold_in(step_rng, DISCRIMINATOR_DROPOUT_STREAM),
             )  # fmt: skip
-            active = do_sample  # on non-sampling steps nothing is learned from the empty policy batch
+            active = (
+                do_sample  # on non-sampling steps nothing is learned from the empty policy batch
+            )
             grads = {"policy": p_grads, "value": v_grads, "discriminator": d_grads}
             new_params, new_opt, metrics = dict(params), dict(state.opt_state), {}
             for name, g in grads.items():
@@ -210,7 +226,9 @@ class GAIL(Algorithm):
             metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in d_metrics.items()})
             metrics["policy_loss"] = jnp.asarray(p_loss, jnp.float32)
             metrics["value_loss"] = jnp.asarray(v_loss, jnp.float32)
-            metrics["loss"] = metrics["policy_loss"] + metrics["value_loss"] + metrics["discriminator_loss"]
+            metrics["loss"] = (
+                metrics["policy_loss"] + metrics["value_loss"] + metrics["discriminator_loss"]
+            )
             metrics["grad_norm"] = optax.global_norm(grads).astype(jnp.float32)
             metrics["kl_weight"] = jnp.asarray(kl_w, jnp.float32)
             metrics["mean_reward"] = gl._mean(rewards, w)

@@ -70,7 +70,9 @@ def discounted_returns(rewards: Array, weights: Array, gamma: float) -> Array:
         g = (r + gamma * carry) * m
         return g, g
 
-    _, returns = jax.lax.scan(body, jnp.zeros(rewards.shape[0], jnp.float32), (rewards.T, mask.T), reverse=True)
+    _, returns = jax.lax.scan(
+        body, jnp.zeros(rewards.shape[0], jnp.float32), (rewards.T, mask.T), reverse=True
+    )
     return returns.T
 
 
@@ -101,7 +103,9 @@ def policy_gradient_term(
     policy_logits: Array, tokens: Array, advantages: Array, weights: Array
 ) -> tuple[Array, Array]:
     """(−mean_t A_t log π(a_t|s_t), mean log π(a_t|s_t)) over the policy sample's tokens."""
-    logp = jnp.take_along_axis(log_probs(policy_logits), tokens[..., None].astype(jnp.int32), -1)[..., 0]
+    logp = jnp.take_along_axis(log_probs(policy_logits), tokens[..., None].astype(jnp.int32), -1)[
+        ..., 0
+    ]
     return -_mean(advantages * logp, weights), _mean(logp, weights)
 
 

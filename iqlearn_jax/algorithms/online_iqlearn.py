@@ -87,7 +87,11 @@ def sample_stats(prefix: str, lengths: jax.Array, ended: jax.Array) -> dict[str,
 
 
 def maybe_sample(
-    model: Any, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, sampler: Sampler,
+    model: Any,
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    sampler: Sampler,
     do_sample: jax.Array | bool,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """`sample_policy_batch` on sampling steps; on the others an all-padding batch of the same shapes (lax.cond)."""
@@ -178,7 +182,9 @@ class OnlineIQLearn(Algorithm):
             metrics["sampled"] = jnp.asarray(do_sample, jnp.float32)
             metrics.update(sample_stats("policy_", info["lengths"], info["ended"]))
             weights = batch.get("decoder_loss_weights", batch["decoder_target_tokens"] > 0)
-            metrics["expert_sample_length"] = jnp.mean(jnp.sum(weights > 0, axis=1).astype(jnp.float32))
+            metrics["expert_sample_length"] = jnp.mean(
+                jnp.sum(weights > 0, axis=1).astype(jnp.float32)
+            )
             metrics["expert_mean_reward"] = metrics["mean_reward"]
             metrics["expert_td_error_sq"] = metrics["td_error_sq"]
             if learning_rate_fn is not None:

@@ -60,7 +60,9 @@ class Sampler:
 
     def __post_init__(self) -> None:
         if not isinstance(self.temperature, int | float) or not self.temperature >= 0:
-            raise ConfigError(f"Sampler.temperature must be a number >= 0, got {self.temperature!r}")
+            raise ConfigError(
+                f"Sampler.temperature must be a number >= 0, got {self.temperature!r}"
+            )
         if not isinstance(self.topk, int) or self.topk < 0:
             raise ConfigError(f"Sampler.topk must be an integer >= 0 (0 = off), got {self.topk!r}")
         if not isinstance(self.topp, int | float) or not 0.0 <= self.topp < 1.0:

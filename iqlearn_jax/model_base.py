@@ -81,6 +81,12 @@ class BaseTransformerModel:
         self._input_vocabulary = input_vocabulary
         self._output_vocabulary = output_vocabulary
         self._decode_fn = decode_fn
+        # A Hugging Face tokenizer's EOS must be the objective's terminal state (tasks/hf_vocab.py).
+        for vocab in (input_vocabulary, output_vocabulary):
+            if getattr(vocab, "tokenizer_eos_id", None) is not None:
+                from iqlearn_jax.tasks.hf_vocab import check_objective_eos
+
+                check_objective_eos(vocab, self.objective.eos_id)
         if feature_converter_cls is not None:
             self.FEATURE_CONVERTER_CLS = feature_converter_cls
 

@@ -214,6 +214,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
         def encode(x):
+            x = x.item() if isinstance(x, np.ndarray) else x  # a 0-d object array of bytes
             text = x.decode("utf-8") if isinstance(x, bytes) else str(x)
             return np.asarray(self._encode(text), np.int32)
 
@@ -265,9 +266,16 @@ class HFDecoderFeatureConverter(seqio.DecoderFeatureConverter):
     0 on padding) even without packing. Padding tokens hold `pad_id`; the first input of every segment holds `bos_id`.
     """
 
+    MODEL_FEATURES = {
+        **seqio.DecoderFeatureConverter.MODEL_FEATURES,
+        "decoder_segment_ids": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+        "decoder_positions": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    }
+
     def __init__(self, *args, bos_id: int = 0, pad_id: int = 0, **kwargs):
-        kwargs.pop("bos_id", None)
-        super().__init__(*args, bos_id=0, **kwargs)
+        # Explicit base call: SeqIO may build converters inside autograph-converted code, where zero-argument
+        # super() fails (KeyError '__class__').
+        seqio.DecoderFeatureConverter.__init__(self, *args, bos_id=0, **kwargs)
         self._real_bos = int(bos_id)
         self._pad = int(pad_id)
 
@@ -279,8 +287,16 @@ class HFDecoderFeatureConverter(seqio.DecoderFeatureConverter):
                     ex[k] = ex[k] + 1
             return ex
 
-        ds = super().__call__(ds.map(shift_up), task_feature_lengths)
+        ds = seqio.DecoderFeatureConverter.__call__(self, ds.map(shift_up), task_feature_lengths)
         return ds.map(self._shift_down)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
+        lengths = dict(
+            seqio.DecoderFeatureConverter.get_model_feature_lengths(self, task_feature_lengths)
+        )
+        for name in ("decoder_segment_ids", "decoder_positions"):
+            lengths.setdefault(name, lengths["decoder_target_tokens"])
+        return lengths
 
     def _shift_down(self, ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         ex = dict(ex)

@@ -203,6 +203,7 @@ def train(
         learning_rate_fn = learning_rate_fn or optimizers.warmup_constant(1e-4, 2000)
         optimizer = optimizers.adafactor(learning_rate_fn)
     _check_task(mixture_or_task_name)
+    preflight.check_task_features(mixture_or_task_name, task_feature_lengths)
     algorithm = algorithms.prepare(
         algorithm, model, task_feature_lengths, num_microbatches=num_microbatches, pack=pack,
         initial_checkpoint_path=initial_checkpoint_path, model_dir=None if build_only else model_dir,
@@ -234,7 +235,7 @@ def train(
             model, optimizer, learning_rate_fn, partitioner, shapes, num_microbatches,
             abstract_state, shardings, trainer.abstract_batch(shapes, partitioner), step_fn,
         )  # fmt: skip
-    preflight.check_task_features(mixture_or_task_name, task_feature_lengths)
+    preflight.check_vocabulary(mixture_or_task_name, model)
     preflight.check_first_batches(
         get_dataset, model, mixture_or_task_name,
         [(train_split, True)] + ([(eval_split, False)] if eval_split is not None else []),

@@ -9,24 +9,36 @@ gradient unit). Gradient clipping by global norm is applied before the update ru
 
 from __future__ import annotations
 
+import numbers
+
 import gin
 import jax.numpy as jnp
 import optax
+
+from iqlearn_jax.gin_utils import ConfigError
+
+
+def _number(where: str, value: object, minimum: float = 0.0) -> float:
+    """`value` as a float >= minimum; a ConfigError naming `where` otherwise (bools and strings refused)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= minimum:
+        raise ConfigError(
+            f"{where} must be a number >= {minimum:g}, got {value!r} ({type(value).__name__})"
+        )
+    return float(value)
 
 
 @gin.configurable
 def constant(value: float = 1e-4) -> optax.Schedule:
     """lr(step) = value."""
-    if value < 0:
-        raise ValueError(f"learning rate must be >= 0, got {value}")
+    _number("optimizers.constant.value (the learning rate)", value)
     return optax.constant_schedule(value)
 
 
 @gin.configurable
 def warmup_constant(value: float = 1e-4, warmup_steps: int = 2000) -> optax.Schedule:
     """Linear warm-up from 0 to `value` over `warmup_steps`, then constant (the paper's schedule)."""
-    if value < 0 or warmup_steps < 0:
-        raise ValueError(f"need value >= 0 and warmup_steps >= 0, got {value}, {warmup_steps}")
+    _number("optimizers.warmup_constant.value (the learning rate, LEARNING_RATE)", value)
+    _number("optimizers.warmup_constant.warmup_steps (WARMUP_STEPS)", warmup_steps)
     if warmup_steps == 0:
         return optax.constant_schedule(value)
     return optax.join_schedules(

@@ -101,6 +101,21 @@ def check_values(values: Mapping[str, Any]) -> None:
             check_feature_lengths(value)
         elif name in VALUE_RULES:
             _check_one(name, value, *VALUE_RULES[name])
+    if "initial_checkpoint_format" in values:
+        from iqlearn_jax.checkpoints.manager import INITIAL_CHECKPOINT_FORMATS
+
+        known = ["auto", *(name for name, _, _ in INITIAL_CHECKPOINT_FORMATS)]
+        if values["initial_checkpoint_format"] not in known:
+            raise ConfigError(
+                f"train.initial_checkpoint_format must be one of {known}, "
+                f"got {values['initial_checkpoint_format']!r}"
+            )
+
+
+def model_vocab_size(model: Any) -> int | None:
+    """Embedding rows of the model's network (`model.module.config.vocab_size`), None when it does not say."""
+    size = getattr(getattr(getattr(model, "module", None), "config", None), "vocab_size", None)
+    return size if _is_int(size) else None
 
 
 def check_task_features(task_name: str, task_feature_lengths: Mapping[str, int]) -> None:
@@ -114,6 +129,21 @@ def check_task_features(task_name: str, task_feature_lengths: Mapping[str, int])
             f"train.task_feature_lengths {dict(task_feature_lengths)} has no length for {missing} of task "
             f"{task_name!r} (its features: {features})"
         )
+
+
+def check_vocabulary(task_name: str, model: Any) -> None:
+    """The model's embedding has a row for every token id of the task's vocabularies (loads the vocabularies)."""
+    import seqio
+
+    rows = model_vocab_size(model)
+    for name, feature in seqio.get_mixture_or_task(task_name).output_features.items():
+        needed = getattr(feature.vocabulary, "vocab_size", None)
+        if rows is not None and _is_int(needed) and rows < needed:
+            raise ConfigError(
+                f"the model's vocabulary has {rows} entries (VOCAB_SIZE), fewer than the {needed} token ids of "
+                f"task {task_name!r} feature {name!r} ({type(feature.vocabulary).__name__}); set VOCAB_SIZE >= "
+                f"{needed}"
+            )
 
 
 def check_model_dir(model_dir: str) -> pathlib.Path:

@@ -181,6 +181,24 @@ def test_no_restorable_checkpoint_refuses_a_fresh_start(run_dir, capfd):
             "train.checkpoint_period must be an integer >= 1",
         ),
         ("--gin.train.train.keep_checkpoints=0", "train.keep_checkpoints must be an integer >= 1"),
+        ("--gin.NUM_MICROBATCHES=0", "train.num_microbatches must be an integer >= 1, got 0"),
+        (
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 112}",
+            "train.task_feature_lengths {'inputs': 112} has no length for ['targets']",
+        ),
+        (
+            "--gin.VOCAB_SIZE=100",
+            "the model's vocabulary has 100 entries (VOCAB_SIZE), fewer than the 259",
+        ),
+        (
+            "--gin.train.train.initial_checkpoint_format='pt'",
+            "train.initial_checkpoint_format must be",
+        ),
+        (
+            "--gin.LEARNING_RATE='fast'",
+            "(the learning rate, LEARNING_RATE) must be a number >= 0, got 'fast'",
+        ),
+        ("--gin.train.train.eval_split='nosuch'", "cannot read split 'nosuch' of task"),
     ],
 )
 def test_bad_value_named_and_fresh_model_dir_stays_absent(binding, message, tmp_path, capfd):

@@ -13,6 +13,9 @@ Next-state values (DESIGN.md §1):
   * otherwise the sequence was truncated, the next value is unknown and the TD mask m_t is 0 (the MLE term stays).
 
 Every function here is pure and jit/grad/vmap compatible; nothing here knows about Flax, batches or I/O.
+Only `token_terms` reads the vocabulary axis; every objective is built from its per-position terms, so passing a
+`chunked_loss.ChunkedLogits` (hidden states + output projection, reduced over vocabulary chunks) instead of a
+logits array gives the same losses and metrics without materialising [batch, length, vocab].
 
 Shapes: logits [batch, length, vocab] in any floating dtype (all reductions run in float32, or in float64 for
 float64 logits); targets, weights and segment_ids [batch, length]. Losses are float32 scalars; metrics are dicts of float32 scalars.
@@ -138,20 +141,36 @@ def _mask_padded_vocab(logits: Array, valid_vocab_size: int | None) -> Array:
     return jnp.where(is_valid, logits, _MASKED_LOGIT)
 
 
-def _token_terms(logits32: Array, targets: Array) -> dict[str, Array]:
-    """Per-position values from float32 logits [b, l, v]; every entry is [b, l]."""
+def token_terms(
+    logits: Any, targets: Array, valid_vocab_size: int | None = None
+) -> dict[str, Array]:
+    """The per-position reductions over the vocabulary that every objective is built from; each [b, l]:
+
+    value V(s) = logsumexp ℓ, q = ℓ[a], log_prob = q − V, entropy H, correct = [argmax ℓ = a], logit_sum = Σ_a ℓ_a
+    (all over the rows < valid_vocab_size when it is set). This is the only place that reads the vocabulary
+    axis: `logits` is an array [b, l, v], or a `chunked_loss.ChunkedLogits` (anything with `token_terms`), which
+    computes the same quantities chunk by chunk without materialising [b, l, v].
+    """
+    if hasattr(logits, "token_terms"):
+        return logits.token_terms(targets, valid_vocab_size)
+    logits32 = _mask_padded_vocab(logits, valid_vocab_size)
     log_z = jax.nn.logsumexp(logits32, axis=-1)
     chosen = jnp.take_along_axis(logits32, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     log_softmax = logits32 - log_z[..., None]
     probs = jnp.exp(log_softmax)
     entropy = -jnp.sum(probs * log_softmax, axis=-1)
     correct = (jnp.argmax(logits32, axis=-1) == targets).astype(jnp.float32)
+    vocab = logits32.shape[-1]
+    valid_logits = logits32
+    if valid_vocab_size is not None and valid_vocab_size < vocab:
+        valid_logits = jnp.where(jnp.arange(vocab) < valid_vocab_size, logits32, 0.0)
     return {
         "value": log_z,
         "q": chosen,
         "log_prob": chosen - log_z,
         "entropy": entropy,
         "correct": correct,
+        "logit_sum": jnp.sum(valid_logits, axis=-1),
     }
 
 
@@ -262,14 +281,12 @@ def mle_loss(
     _check_range("z_loss", z_loss, 0.0, float("inf"))
     _check_normalizing_factor(loss_normalizing_factor)
 
-    logits32 = _upcast(logits)
-    terms = _token_terms(logits32, targets)
+    terms = token_terms(logits, targets)
     vocab = logits.shape[-1]
     if label_smoothing:
         on_value = 1.0 - label_smoothing
         off_value = label_smoothing / (vocab - 1)
-        log_softmax = logits32 - terms["value"][..., None]
-        sum_log_probs = jnp.sum(log_softmax, axis=-1)
+        sum_log_probs = terms["logit_sum"] - vocab * terms["value"]  # Σ_a log π(a|s)
         cross_entropy = -(
             on_value * terms["log_prob"] + off_value * (sum_log_probs - terms["log_prob"])
         )
@@ -312,7 +329,7 @@ def entropy_regularized_loss(
     _check_range("beta", beta, 0.0, float("inf"))
     _check_normalizing_factor(loss_normalizing_factor)
 
-    terms = _token_terms(_upcast(logits), targets)
+    terms = token_terms(logits, targets)
     token_weights, normalizer = _normalized_weights(weights, None, loss_normalizing_factor)
     mle_term = _safe_divide(jnp.sum(token_weights * -terms["log_prob"]), normalizer)
     entropy_term = -beta * _safe_divide(jnp.sum(token_weights * terms["entropy"]), normalizer)
@@ -333,10 +350,25 @@ def _td_pieces(
     valid_vocab_size: int | None,
 ) -> tuple[dict[str, Array], Array, Array]:
     """(per-token terms, implicit rewards r [b, l], TD mask m [b, l])."""
-    terms = _token_terms(_mask_padded_vocab(logits, valid_vocab_size), targets)
-    next_value, td_mask = _next_state_value(terms["value"], targets, weights, segment_ids, eos_id)
-    rewards = terms["q"] - gamma * next_value
+    terms = token_terms(logits, targets, valid_vocab_size)
+    rewards, td_mask = rewards_from_terms(
+        terms, targets, weights, gamma=gamma, eos_id=eos_id, segment_ids=segment_ids
+    )
     return terms, rewards, td_mask
+
+
+def rewards_from_terms(
+    terms: dict[str, Array],
+    targets: Array,
+    weights: Array,
+    *,
+    gamma: float,
+    eos_id: int,
+    segment_ids: Array | None = None,
+) -> tuple[Array, Array]:
+    """(r [b, l], TD mask m [b, l]) from `token_terms`: r_t = q_t − γ·V(s_{t+1}) (unmasked; see module docstring)."""
+    next_value, td_mask = _next_state_value(terms["value"], targets, weights, segment_ids, eos_id)
+    return terms["q"] - gamma * next_value, td_mask
 
 
 def implicit_rewards(

@@ -17,7 +17,7 @@ import seqio
 from flax import linen as nn
 from flax import struct
 
-from iqlearn_jax import decoding, losses
+from iqlearn_jax import chunked_loss, decoding, losses
 from iqlearn_jax.objectives import Objective
 
 Array = jax.Array
@@ -116,9 +116,25 @@ class BaseTransformerModel:
     # ---- to be provided by subclasses ----------------------------------------------------------------------
 
     def _compute_logits(
-        self, params: PyTree, batch: Batch, dropout_rng: Array | None = None
+        self,
+        params: PyTree,
+        batch: Batch,
+        dropout_rng: Array | None = None,
+        return_hidden: bool = False,
     ) -> Array:
+        """Logits [batch, length, vocab]; with `return_hidden` a chunked_loss.OutputHead instead."""
         raise NotImplementedError
+
+    def compute_output(
+        self, params: PyTree, batch: Batch, dropout_rng: Array | None = None
+    ) -> Array | chunked_loss.ChunkedLogits:
+        """What the objective consumes: logits [batch, length, vocab], or with `objective.vocab_chunk_size` a
+        `ChunkedLogits` (hidden states + output projection) that losses.py reduces chunk by chunk."""
+        chunk = self.objective.vocab_chunk_size
+        if chunk is None:
+            return self._compute_logits(params, batch, dropout_rng)
+        head = self._compute_logits(params, batch, dropout_rng, return_hidden=True)
+        return chunked_loss.ChunkedLogits(head, chunk)
 
     # ---- training / evaluation ---------------------------------------------------------------------------
 
@@ -131,10 +147,11 @@ class BaseTransformerModel:
     ) -> tuple[Array, dict[str, Array]]:
         """Objective on one batch: (scalar loss, dict of float32 scalar metrics).
 
-        Logits are computed once (dropout on when `dropout_rng` is given); `step` drives the λ warm-up.
+        Logits are computed once (dropout on when `dropout_rng` is given), or chunk by chunk when the objective
+        sets `vocab_chunk_size`; `step` drives the λ warm-up.
         """
         check_features(batch, self._REQUIRED, type(self).__name__)
-        logits = self._compute_logits(params, batch, dropout_rng)
+        logits = self.compute_output(params, batch, dropout_rng)
         return self.objective(
             logits,
             batch["decoder_target_tokens"],
@@ -162,32 +179,27 @@ class BaseTransformerModel:
           loss_weights, target_tokens (copied from the batch)
         """
         check_features(batch, self._REQUIRED, type(self).__name__)
-        logits = self._compute_logits(params, batch, dropout_rng=None).astype(jnp.float32)
-        valid = self.objective.valid_vocab_size
-        if valid is not None and valid < logits.shape[-1]:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < valid, logits, decoding.NEG_INF)
+        output = self.compute_output(params, batch, dropout_rng=None)
         targets = batch["decoder_target_tokens"]
         weights = loss_weights(batch).astype(jnp.float32)
-        values = jax.nn.logsumexp(logits, axis=-1)
-        chosen = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        token_log_probs = (chosen - values) * weights
+        terms = losses.token_terms(output, targets, self.objective.valid_vocab_size)
+        token_log_probs = terms["log_prob"].astype(jnp.float32) * weights
         sequence_scores = token_log_probs.sum(-1)
         if not return_intermediates:
             return sequence_scores
-        log_policy = logits - values[..., None]
-        entropies = -jnp.sum(jnp.exp(log_policy) * log_policy, axis=-1)
-        rewards, td_mask = losses.implicit_rewards(
-            logits,
+        rewards, td_mask = losses.rewards_from_terms(
+            terms,
             targets,
             weights,
             gamma=self.objective.gamma,
             eos_id=self.objective.eos_id,
             segment_ids=batch.get("decoder_segment_ids"),
         )
+        rewards = rewards * td_mask
         return sequence_scores, {
             "token_log_probs": token_log_probs,
-            "values": values,
-            "entropies": entropies,
+            "values": terms["value"],
+            "entropies": terms["entropy"],
             "rewards": rewards,
             "td_mask": td_mask,
             "sequence_rewards": jnp.sum(rewards * td_mask, axis=-1),

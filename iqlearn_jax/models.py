@@ -106,9 +106,14 @@ class EncoderDecoderModel(BaseTransformerModel):
         return flax.core.unfreeze(variables)
 
     def _compute_logits(
-        self, params: PyTree, batch: Batch, dropout_rng: Array | None = None
+        self,
+        params: PyTree,
+        batch: Batch,
+        dropout_rng: Array | None = None,
+        return_hidden: bool = False,
     ) -> Array:
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        extra = {"return_hidden": True} if return_hidden else {}  # OutputHead for the chunked loss
         return self.module.apply(
             {"params": params},
             batch["encoder_input_tokens"],
@@ -121,6 +126,7 @@ class EncoderDecoderModel(BaseTransformerModel):
             decode=False,
             enable_dropout=rngs is not None,
             rngs=rngs,
+            **extra,
         )
 
     def _tokens_to_logits(
@@ -278,9 +284,14 @@ class DecoderOnlyModel(BaseTransformerModel):
         return flax.core.unfreeze(variables)
 
     def _compute_logits(
-        self, params: PyTree, batch: Batch, dropout_rng: Array | None = None
+        self,
+        params: PyTree,
+        batch: Batch,
+        dropout_rng: Array | None = None,
+        return_hidden: bool = False,
     ) -> Array:
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        extra = {"return_hidden": True} if return_hidden else {}  # OutputHead for the chunked loss
         return self.module.apply(
             {"params": params},
             batch["decoder_input_tokens"],
@@ -291,6 +302,7 @@ class DecoderOnlyModel(BaseTransformerModel):
             decode=False,
             enable_dropout=rngs is not None,
             rngs=rngs,
+            **extra,
         )
 
     def _tokens_to_logits(

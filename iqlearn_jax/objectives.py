@@ -61,6 +61,10 @@ class Objective:
         "NUM_TOTAL_TARGET_TOKENS", "AVERAGE_PER_SEQUENCE".
       valid_vocab_size: mask logits rows ≥ this out of V (T5's 32128-row embedding holds 32100 pieces).
       eos_id: end-of-sequence id (terminal state).
+      vocab_chunk_size: None (default) = the reference path on full [batch, length, vocab] logits; an int C =
+        the model computes the output projection and every per-token reduction over vocabulary chunks of at most
+        C columns (iqlearn_jax.chunked_loss), never materialising the full logits, forward or backward. Same
+        losses, metrics and gradients (float32 rounding apart).
     """
 
     name: str = "mle"
@@ -73,6 +77,7 @@ class Objective:
     loss_normalizing_factor: Any = "NUM_REAL_TARGET_TOKENS"
     valid_vocab_size: int | None = None
     eos_id: int = 1
+    vocab_chunk_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.name not in _REGISTRY:
@@ -90,6 +95,11 @@ class Objective:
                 f"z_loss={self.z_loss} cannot be combined with lam={self.lam}: z-loss penalises V(s)², the "
                 "log-partition function that IQLearn uses as the soft value. Set z_loss=0 for IQLearn."
             )
+        chunk = self.vocab_chunk_size
+        if chunk is not None and (
+            isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1
+        ):
+            raise ValueError(f"vocab_chunk_size must be None or a positive integer, got {chunk!r}")
         if int(self.lam_warmup_steps) != self.lam_warmup_steps or self.lam_warmup_steps < 0:
             raise ValueError(
                 f"lam_warmup_steps must be a non-negative integer, got {self.lam_warmup_steps!r}"
@@ -120,7 +130,8 @@ class Objective:
         segment_ids: Array | None = None,
         step: Array | int | None = None,
     ) -> tuple[Array, dict[str, Array]]:
-        """Loss and metrics of logits [b, l, v] against targets/weights [b, l] (see losses.py)."""
+        """Loss and metrics of logits [b, l, v] (an array or a chunked_loss.ChunkedLogits) against targets/weights
+        [b, l] (see losses.py)."""
         return _REGISTRY[self.name](self, logits, targets, weights, segment_ids, step)
 
 

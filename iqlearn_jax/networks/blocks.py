@@ -12,8 +12,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
+from iqlearn_jax.chunked_loss import OutputHead
 from iqlearn_jax.networks import attention as attention_lib
 from iqlearn_jax.networks import layers
 
@@ -78,14 +80,52 @@ def mlp_sublayer(cfg: Any, inputs: Array, *, deterministic: bool) -> Array:
     return constrain_embed(dropout(cfg, y, deterministic) + inputs)
 
 
-def output_logits(cfg: Any, y: Array, embedder: Any, *, deterministic: bool) -> Array:
+class _VocabKernel(nn.Module):
+    """The `logits_dense` kernel (embed, vocab), declared exactly as DenseGeneral declares it, returned unapplied."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, in_features: int) -> Array:
+        return layers.param_with_axes(
+            "kernel",
+            layers.default_kernel_init,
+            (in_features, self.features),
+            jnp.float32,
+            axes=("embed", "vocab"),
+        )
+
+
+def output_head(
+    y: Array, vocab_size: int, embedder: Any | None, logit_scale: float = 1.0
+) -> OutputHead:
+    """The output projection unapplied: hidden `y` [batch, length, embed] (float32) with the tied `embedder`'s
+    table [vocab, embed] (when given) or the `logits_dense` kernel [embed, vocab] (created in the caller's scope),
+    for the vocabulary-chunked loss (iqlearn_jax.chunked_loss). logits = logit_scale · y @ W."""
+    hidden = jnp.asarray(y, jnp.float32)
+    if embedder is not None:
+        table = jnp.asarray(embedder.embedding, jnp.float32)
+        return OutputHead(hidden, table, vocab_axis=0, logit_scale=logit_scale)
+    kernel = _VocabKernel(vocab_size, name="logits_dense")(y.shape[-1])
+    return OutputHead(hidden, kernel, vocab_axis=1, logit_scale=logit_scale)
+
+
+def output_logits(
+    cfg: Any, y: Array, embedder: Any, *, deterministic: bool, return_hidden: bool = False
+) -> Array | OutputHead:
     """Final `decoder_norm`, dropout and logits [batch, length, vocab] (float32).
 
     Tied to `embedder` (T5.1.0: `attend`, scaled by 1/√d_model as T5 does) when cfg.logits_via_embedding, else a
-    separate `logits_dense` kernel (embed, vocab).
+    separate `logits_dense` kernel (embed, vocab). With `return_hidden` the projection is not applied: an
+    `OutputHead` (normalised hidden states + the same weight and scale) is returned for the chunked loss.
     """
     y = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(y)
     y = dropout(cfg, y, deterministic)
+    if return_hidden:
+        tied = bool(cfg.logits_via_embedding)
+        scaled = tied and getattr(cfg, "scale_tied_logits", True)
+        scale = 1.0 / float(np.sqrt(y.shape[-1])) if scaled else 1.0
+        return output_head(y, cfg.vocab_size, embedder if tied else None, scale)
     if cfg.logits_via_embedding:
         logits = embedder.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
     else:

@@ -149,6 +149,7 @@ class Decoder(nn.Module):
         max_decode_length: int | None = None,
         prefill: bool = False,
         prefill_lengths: Array | None = None,
+        return_hidden: bool = False,
     ) -> Array:
         del decoder_positions  # relative positions only
         cfg = self.config
@@ -211,7 +212,9 @@ class Decoder(nn.Module):
             y = DecoderLayer(cfg, name=f"layers_{i}")(
                 y, mask, bias, deterministic=deterministic, decode=decode
             )
-        return blocks.output_logits(cfg, y, embedder, deterministic=deterministic)
+        return blocks.output_logits(
+            cfg, y, embedder, deterministic=deterministic, return_hidden=return_hidden
+        )
 
 
 class DecoderWrapper(nn.Module):
@@ -235,6 +238,7 @@ class DecoderWrapper(nn.Module):
         max_decode_length: int | None = None,
         prefill: bool = False,
         prefill_lengths: Array | None = None,
+        return_hidden: bool = False,
     ) -> Array:
         """Logits [batch, length, vocab] (float32).
 
@@ -249,6 +253,8 @@ class DecoderWrapper(nn.Module):
           max_decode_length: cache length (defaults to the cache's own length).
           prefill, prefill_lengths: T5X's in-module prefill is not supported (scalar cache index); use
             `prefill_cache`.
+          return_hidden: return a chunked_loss.OutputHead (final hidden states and the output projection,
+            unapplied) instead of logits, for the vocabulary-chunked loss.
         """
         return self.decoder(
             decoder_input_tokens,
@@ -261,6 +267,7 @@ class DecoderWrapper(nn.Module):
             max_decode_length=max_decode_length,
             prefill=prefill,
             prefill_lengths=prefill_lengths,
+            return_hidden=return_hidden,
         )
 
 

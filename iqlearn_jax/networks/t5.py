@@ -264,11 +264,13 @@ class Decoder(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
         max_decode_length: int | None = None,
+        return_hidden: bool = False,
     ) -> Array:
         """Token ids [batch, length] -> logits [batch, length, vocab] (float32).
 
         `decoder_positions` is accepted for T5X compatibility; T5 uses relative
-        positions only, so it is not needed.
+        positions only, so it is not needed. `return_hidden`: an OutputHead
+        (final hidden states + output projection) instead of logits.
         """
         cfg = self.config
         if decoder_input_tokens.ndim != 2:
@@ -288,7 +290,9 @@ class Decoder(nn.Module):
                 decode=decode,
                 max_decode_length=max_decode_length,
             )
-        return blocks.output_logits(cfg, y, self.shared_embedding, deterministic=deterministic)
+        return blocks.output_logits(
+            cfg, y, self.shared_embedding, deterministic=deterministic, return_hidden=return_hidden
+        )
 
 
 class Transformer(nn.Module):
@@ -346,6 +350,7 @@ class Transformer(nn.Module):
         enable_dropout: bool = True,
         decode: bool = False,
         max_decode_length: int | None = None,
+        return_hidden: bool = False,
     ) -> Array:
         """Decoder logits [batch, length, vocab] for `decoder_input_tokens` given `encoded`.
 
@@ -394,6 +399,7 @@ class Transformer(nn.Module):
             deterministic=not enable_dropout,
             decode=decode,
             max_decode_length=max_decode_length,
+            return_hidden=return_hidden,
         )
 
     def __call__(
@@ -409,6 +415,7 @@ class Transformer(nn.Module):
         enable_dropout: bool = True,
         decode: bool = False,
         max_decode_length: int | None = None,
+        return_hidden: bool = False,
     ) -> Array:
         """Logits [batch, dec_length, vocab] (float32) of the full model.
 
@@ -423,6 +430,8 @@ class Transformer(nn.Module):
           enable_dropout: apply dropout (needs a 'dropout' rng).
           decode: create/use the autoregressive cache (see `decode`).
           max_decode_length: cache length for single-step decoding.
+          return_hidden: return a chunked_loss.OutputHead (final hidden states
+            and the output projection, unapplied) instead of logits.
         """
         encoded = self.encode(
             encoder_input_tokens,
@@ -440,6 +449,7 @@ class Transformer(nn.Module):
             enable_dropout=enable_dropout,
             decode=decode,
             max_decode_length=max_decode_length,
+            return_hidden=return_hidden,
         )
 
 

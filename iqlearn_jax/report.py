@@ -363,8 +363,8 @@ def plot_pareto(rows: list[dict], task: str, metric: str, path: pathlib.Path) ->
     ax.set_ylabel(metric_axis_label(metric))
     ax.set_title(
         f"{task}: {metric} vs diversity\n(o sampling: temperatures joined, s beam; "
-        "hollow/dotted = with calculator; T = temperature, b = beam size)",
-        fontsize=10,
+        "hollow/dotted = with calculator)\nlabels: T = sampling temperature, b = beam size",
+        fontsize=9,
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

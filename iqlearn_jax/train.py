@@ -95,12 +95,13 @@ def _check_task(name: str) -> None:
         raise ConfigError(f"unknown task or mixture {name!r}; registered: {sorted(known)}")
 
 
-def _count_tokens(batch: Mapping[str, np.ndarray]) -> int:
+def _count_tokens(batch: Mapping[str, np.ndarray], data_shards: int) -> int:
+    """Non-padding tokens of the global batch, estimated as this host's × the number of distinct data shards."""
     n = 0
     for key in ("encoder_input_tokens", "decoder_target_tokens"):
         if key in batch:
             n += int(np.sum(batch[key] > 0))
-    return n * jax.process_count()
+    return n * data_shards
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
@@ -365,7 +366,8 @@ def train(
             local = next(train_iter)
             state, metrics = step_fn(state, partitioner.shard_batch(local))
             step += 1
-            pending.add(step, metrics, _count_tokens(local))  # stays on the device until read_metrics
+            tokens = _count_tokens(local, partitioner.shard_info()[1])
+            pending.add(step, metrics, tokens)  # stays on the device until read_metrics
             if guard.should_stop(step):
                 stop = "sigterm"
             log_now = step % log_period == 0 or step == train_steps or stop

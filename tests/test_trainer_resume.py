@@ -1,4 +1,5 @@
-"""Training subprocesses: SIGKILL + restart and SIGTERM + restart end with the uninterrupted run's exact params;
+"""Training subprocesses: SIGKILL + restart (at two kill points, the data position restored from the checkpoint's
+iterator state) and SIGTERM + restart end with the uninterrupted run's exact params;
 a damaged newest checkpoint is skipped with a warning in favour of the previous one."""
 
 import os
@@ -54,10 +55,10 @@ def run_to_end(model_dir: pathlib.Path, *extra: str) -> subprocess.CompletedProc
     return proc
 
 
-def run_until(model_dir: pathlib.Path, marker: str, sig: int) -> tuple[int, str]:
+def run_until(model_dir: pathlib.Path, marker: str, sig: int, *extra: str) -> tuple[int, str]:
     """Starts a run, sends `sig` once stdout shows `marker`; returns (exit code, stdout)."""
     proc = subprocess.Popen(
-        cmd(model_dir),
+        cmd(model_dir, *extra),
         cwd=REPO,
         env=env(),
         stdout=subprocess.PIPE,
@@ -97,17 +98,27 @@ def reference(tmp_path_factory) -> pathlib.Path:
     return model_dir
 
 
-def test_sigkill_then_restart_is_exact(reference, tmp_path):
-    code, out = run_until(tmp_path, f"step      7/{TRAIN_STEPS}", signal.SIGKILL)
+@pytest.mark.parametrize(
+    "kill_at, extra",
+    [(7, ()), (6, ("--gin.train.train.log_period=3",))],  # the second with steps in flight
+    ids=["step7", "step6-in-flight"],
+)
+def test_sigkill_then_restart_is_exact(reference, tmp_path, kill_at, extra):
+    """SIGKILL, restart: the data position comes from the checkpoint's 'data' item (tf.data iterator state, no
+    replay of consumed batches) and the run ends bit-identical to the uninterrupted reference."""
+    code, out = run_until(tmp_path, f"step {kill_at:>6d}/{TRAIN_STEPS}", signal.SIGKILL, *extra)
     assert code == -signal.SIGKILL, out
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and max(steps) < TRAIN_STEPS
-    proc = run_to_end(tmp_path)
+    data = tmp_path / "checkpoints" / str(max(steps)) / "data" / "process_0-of-1"
+    assert (data / "batches").read_text() == str(max(steps)) and list(data.glob("iterator*"))
+    proc = run_to_end(tmp_path, *extra)
     assert f"steps: {max(steps)} -> {TRAIN_STEPS}" in proc.stdout, (
         steps,
         proc.stdout,
         proc.stderr[-3000:],
     )
+    assert "replaying" not in proc.stderr  # the iterator state was restored, nothing re-read
     ref, resumed = final_state(reference), final_state(tmp_path)
     assert int(ref["step"]) == int(resumed["step"]) == TRAIN_STEPS
     assert_identical(ref, resumed)  # step, params, optimizer state, rng

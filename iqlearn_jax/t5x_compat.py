@@ -1,10 +1,13 @@
 """T5X model classes whose training loss is one of this project's objectives (the optional t5x adapter).
 
-t5x is not on PyPI; install it from git (`pip install 'iqlearn_jax[t5x]'`) to use this module. The classes subclass
-T5X's own `EncoderDecoderModel` / `DecoderOnlyModel` and change only `loss_fn`: logits are computed once by T5X's
-`_compute_logits`, then `Objective` (objectives.py) turns them into the loss. T5X's metrics (accuracy, timing,
-packing statistics) are kept, and every objective metric is added as `objective/<name>`. So `t5x.train`,
-`t5x.eval` and `t5x.infer` work unchanged with gin files like gin_configs/t5x/iqlearn_t5_1_1_base.gin.
+t5x is not on PyPI; install it from git (`pip install -e '.[t5x]'`) to use this module (this project's tests install
+the vendored copy with tests/install_test_extras.sh). The classes subclass T5X's own `EncoderDecoderModel` /
+`DecoderOnlyModel` and change only `loss_fn`: logits are computed once by T5X's `_compute_logits`, then `Objective`
+(objectives.py) turns them into the loss. T5X's metrics (accuracy, timing, packing statistics) are kept, and every
+objective metric is added as `objective/<name>`. `t5x.train`, `t5x.eval` and `t5x.infer` run unchanged with the
+model-only gin files in gin_configs/t5x/ plus T5X's run files (t5x/configs/runs/finetune.gin, eval.gin, infer.gin);
+each gin file starts with the three commands. The loss is already normalised per target token, so T5X's
+`loss_per_*_target_token(s)` metrics divide it once more: read `loss` / `objective/*` instead.
 
 Inside T5X the loss function does not see the train step, so the λ warm-up (`Objective.lam_warmup_steps`) cannot be
 applied there: such an objective is refused with an error (warm up with a first MLE run instead).
@@ -27,7 +30,8 @@ try:
 except ImportError as error:  # pragma: no cover - exercised by tests/test_t5x_compat.py without t5x
     raise ImportError(
         "iqlearn_jax.t5x_compat needs t5x, which is not on PyPI: install it with "
-        "`pip install 'iqlearn_jax[t5x]'` (or `pip install git+https://github.com/google-research/t5x`)."
+        "`pip install -e '.[t5x]'` from this repository, i.e. iqlearn_jax[t5x] "
+        "(or `pip install git+https://github.com/google-research/t5x`)."
     ) from error
 
 

@@ -357,3 +357,10 @@ def run_queue(specs: Sequence[RunSpec], work, after_each=None, poll_s: float = 3
         pending.remove(spec)
         if after_each is not None:
             after_each(spec)
+
+
+def timing_note(seconds: float | None) -> str:
+    """How long the invocation that wrote a results file ran (None: --collect_only from cached runs)."""
+    if seconds is None:
+        return "results collected from the cached runs; training and evaluation times in each run's DONE file"
+    return f"this invocation: {seconds / 60:.0f} min"

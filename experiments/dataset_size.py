@@ -82,8 +82,9 @@ def collect(all_specs: list[common.RunSpec], smoke: bool) -> dict:
     for spec in all_specs:
         run = common.work_dir() / "runs" / spec.name
         acc_dir = final_accuracy_dir(spec)
-        if not (run / "DONE").exists() or not (acc_dir / "greedy_calc" / "metrics.json").exists():
+        if not (run / "metrics.jsonl").exists():
             continue
+        complete = (run / "DONE").exists() and (acc_dir / "greedy_calc" / "metrics.json").exists()
         g = groups.setdefault(
             (spec.train_size, spec.label),
             {"train_size": spec.train_size, "label": spec.label, "objective": spec.objective},
@@ -96,8 +97,13 @@ def collect(all_specs: list[common.RunSpec], smoke: bool) -> dict:
             )
             curve["loss"].append(r["nll_per_token"])  # MLE term: comparable across objectives
             curve["accuracy"].append(100.0 * r["accuracy"])
-        acc = common.setting_values(acc_dir)["greedy_calc"]["accuracy"]
-        g.setdefault("final_answer_accuracy", []).append(acc)
+        g.setdefault("final_answer_accuracy", [])
+        g.setdefault("incomplete_seeds", [])
+        if complete:
+            acc = common.setting_values(acc_dir)["greedy_calc"]["accuracy"]
+            g["final_answer_accuracy"].append(acc)
+        else:  # still training (or stopped): its curve so far is reported, marked incomplete
+            g["incomplete_seeds"].append(spec.seed)
     rows = []
     for g in groups.values():
         curve = []
@@ -118,6 +124,7 @@ def collect(all_specs: list[common.RunSpec], smoke: bool) -> dict:
                 "label": g["label"],
                 "objective": g["objective"],
                 "seeds": g["seeds"],
+                "incomplete_seeds": g["incomplete_seeds"],
                 "curve": curve,
                 "final_answer_accuracy": {
                     "mean": fa[0],
@@ -142,7 +149,7 @@ def markdown(results: dict, seconds: float) -> str:
     lines = [
         "# Dataset-size ablation (paper Figures 6–7)",
         "",
-        f"Command: `python experiments/dataset_size.py` (this run: {seconds / 60:.0f} min on the 2-core CPU "
+        f"Command: `python experiments/dataset_size.py` ({common.timing_note(seconds)} on the 2-core CPU "
         "machine shared with other work, plus the full-data runs of pareto.py; CPU only). Task `"
         + results["task"]
         + f"` (train split cut to its first N examples), tiny T5.1.1, {results['train_steps']} steps of batch "
@@ -158,8 +165,10 @@ def markdown(results: dict, seconds: float) -> str:
         fa = r["final_answer_accuracy"]
         best = min(r["curve"], key=lambda c: c["val_loss"]["mean"])
         last = r["curve"][-1]
+        inc = r.get("incomplete_seeds") or []
+        partial = f" ({len(inc)} unfinished: curve so far, no final accuracy)" if inc else ""
         lines.append(
-            f"| {size} | {r['label']} | {len(r['seeds'])} | {fa['mean']:.1f} ± {fa['se']:.1f} | "
+            f"| {size} | {r['label']} | {len(r['seeds'])}{partial} | {fa['mean']:.1f} ± {fa['se']:.1f} | "
             f"{best['val_loss']['mean']:.3f} ({best['step']}) | {last['val_loss']['mean']:.3f} ± "
             f"{last['val_loss']['se']:.3f} | {last['val_token_accuracy']['mean']:.1f} ± "
             f"{last['val_token_accuracy']['se']:.1f} |"
@@ -171,6 +180,11 @@ def markdown(results: dict, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--collect_only",
+        action="store_true",
+        help="only rewrite the results from the finished runs",
+    )
     parser.add_argument("--out_dir", default=str(common.RESULTS_DIR))
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out_dir)
@@ -178,17 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from iqlearn_jax import experiment_report
 
-    def after_each(spec: common.RunSpec) -> None:
+    def after_each(spec: common.RunSpec | None) -> None:
         results = collect(all_specs, args.smoke)
-        results["seconds"] = time.time() - t0
+        results["seconds"] = None if args.collect_only else time.time() - t0
         common.write_json(out / "dataset_size.json", results)
         (out / "dataset_size.md").write_text(markdown(results, results["seconds"]))
         try:
             experiment_report.plot_experiment(results, out)
         except Exception as e:  # noqa: BLE001 - figures can be redrawn later by iqlearn_jax.report
             print(f"[dataset_size] plotting failed ({e!r}); results are saved", flush=True)
-        print(f"[dataset_size] {spec.name} done; {time.time() - t0:.0f} s so far", flush=True)
+        print(
+            f"[dataset_size] {spec.name if spec else 'collect'} done; {time.time() - t0:.0f} s so far",
+            flush=True,
+        )
 
+    if args.collect_only:
+        after_each(None)
+        return 0
     common.run_queue(all_specs, lambda spec: run_one(spec, args.smoke), after_each)
     return 0
 

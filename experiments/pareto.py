@@ -121,7 +121,7 @@ def markdown(results: dict, seconds: float) -> str:
     lines = [
         "# Quality–diversity and temperature sweep on the embedded task (paper Figures 2–4, 9)",
         "",
-        f"Command: `python experiments/pareto.py` (this run: {seconds / 60:.0f} min on the 2-core CPU machine "
+        f"Command: `python experiments/pareto.py` ({common.timing_note(seconds)} on the 2-core CPU machine "
         "shared with other work; CPU only). Task `" + results["task"] + f"`, tiny T5.1.1, "
         f"{results['train_steps']} steps, batch 16; 32 validation prompts; mean ± SE over seeds (n given). "
         "Figures: [pareto_selfbleu.png](pareto_selfbleu.png), [pareto_entropy.png](pareto_entropy.png), "
@@ -154,6 +154,11 @@ def markdown(results: dict, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--collect_only",
+        action="store_true",
+        help="only rewrite the results from the finished runs",
+    )
     parser.add_argument("--out_dir", default=str(common.RESULTS_DIR))
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out_dir)
@@ -161,17 +166,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from iqlearn_jax import experiment_report
 
-    def after_each(spec: common.RunSpec) -> None:
+    def after_each(spec: common.RunSpec | None) -> None:
         results = collect(all_specs, args.smoke)
-        results["seconds"] = time.time() - t0
+        results["seconds"] = None if args.collect_only else time.time() - t0
         common.write_json(out / "pareto.json", results)
         (out / "pareto.md").write_text(markdown(results, results["seconds"]))
         try:
             experiment_report.plot_experiment(results, out)
         except Exception as e:  # noqa: BLE001 - figures can be redrawn later by iqlearn_jax.report
             print(f"[pareto] plotting failed ({e!r}); results are saved", flush=True)
-        print(f"[pareto] {spec.name} done; {time.time() - t0:.0f} s so far", flush=True)
+        print(
+            f"[pareto] {spec.name if spec else 'collect'} done; {time.time() - t0:.0f} s so far",
+            flush=True,
+        )
 
+    if args.collect_only:
+        after_each(None)
+        return 0
     common.run_queue(all_specs, lambda spec: run_and_evaluate(spec, args.smoke), after_each)
     return 0
 

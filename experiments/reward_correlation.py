@@ -148,7 +148,7 @@ def markdown(results: dict, seconds: float) -> str:
     lines = [
         "# Reward–metric correlation (paper Table 2, Figure 8)",
         "",
-        f"Command: `python experiments/reward_correlation.py` (this run: {seconds / 60:.0f} min on the 2-core CPU "
+        f"Command: `python experiments/reward_correlation.py` ({common.timing_note(seconds)} on the 2-core CPU "
         "machine shared with other work, after pareto.py; CPU only). Task `"
         + results["task"]
         + "`. "
@@ -189,6 +189,11 @@ def markdown(results: dict, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--collect_only",
+        action="store_true",
+        help="only rewrite the results from the finished runs",
+    )
     parser.add_argument("--out_dir", default=str(common.RESULTS_DIR))
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out_dir)
@@ -196,21 +201,27 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from iqlearn_jax import experiment_report
 
-    def after_each(spec: common.RunSpec) -> None:
+    def after_each(spec: common.RunSpec | None) -> None:
         results = collect(scratch, tunes, args.smoke)
-        results["seconds"] = time.time() - t0
+        results["seconds"] = None if args.collect_only else time.time() - t0
         common.write_json(out / "reward_correlation.json", results)
         (out / "reward_correlation.md").write_text(markdown(results, results["seconds"]))
         try:
             experiment_report.plot_experiment(results, out)
         except Exception as e:  # noqa: BLE001 - figures can be redrawn later by iqlearn_jax.report
             print(f"[reward_correlation] plotting failed ({e!r}); results are saved", flush=True)
-        print(f"[reward_correlation] {spec.name} done; {time.time() - t0:.0f} s so far", flush=True)
+        print(
+            f"[reward_correlation] {spec.name if spec else 'collect'} done; {time.time() - t0:.0f} s so far",
+            flush=True,
+        )
 
     # Fine-tunes of a seed after that seed's MLE run; MLE + entropy runs (pareto.py) last.
     def priority(s: common.RunSpec) -> tuple:
         return (s.objective == "mle_entropy", s.seed, s.init_from is not None)
 
+    if args.collect_only:
+        after_each(None)
+        return 0
     common.run_queue(
         sorted(scratch + tunes, key=priority), lambda s: run_one(s, args.smoke), after_each
     )

@@ -1,6 +1,7 @@
 r"""Toy MDP of the paper's Appendix A.3.3: offline vs online IQLearn with and without recovery from mistakes.
 
-    python experiments/toy_mdp.py                 # full run: 2 variants x 2 methods x 20 seeds (~1 min on 2 CPU cores)
+    python experiments/toy_mdp.py                 # 2 variants x 2 methods x 20 seeds + sensitivity rows:
+                                                  # ~1.5 CPU-min; 6 min wall on the 2 shared CPU cores (load ~15)
     python experiments/toy_mdp.py --smoke         # seconds (the test suite runs this)
     python -m iqlearn_jax.report experiments/results --output_dir=experiments/results   # redraws the figure
 
@@ -104,15 +105,30 @@ class ChainMDP:
         return self.horizon + 1
 
 
-def expert_demos(env: ChainMDP, count: int) -> dict[str, np.ndarray]:
-    """`count` mistake-free demonstrations b_0 → … → G, EOS (padded to env.length): states, targets, weights."""
+def expert_demos(
+    env: ChainMDP, count: int, corrections: float = 0.0, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """`count` demonstrations b_0 → … → G, EOS (padded to env.length): states, targets, weights.
+
+    Mistake-free by default. `corrections` > 0 (control, variant A only): that fraction of the demonstrations
+    contains one noise event (the expert chose ADVANCE at b_i but landed in u_i) followed by the correction
+    (ADVANCE = return from u_i to b_i), at a position drawn per demonstration.
+    """
     states = np.zeros((count, env.length), np.int32)
     targets = np.zeros((count, env.length), np.int32)
     weights = np.zeros((count, env.length), np.float32)
-    states[:, : env.n + 1] = np.arange(env.n + 1)
-    targets[:, : env.n] = ADVANCE
-    targets[:, env.n] = EOS
-    weights[:, : env.n + 1] = 1.0
+    rng = np.random.default_rng(seed)
+    for d in range(count):
+        path = list(range(env.n + 1))
+        if d < round(corrections * count):
+            if not env.recoverable or env.n + 3 > env.length:
+                raise ValueError("corrective demonstrations need variant A and room in the horizon")
+            i = int(rng.integers(env.n))
+            path = path[: i + 1] + [env.top(i)] + path[i:]
+        states[d, : len(path)] = path
+        targets[d, : len(path) - 1] = ADVANCE
+        targets[d, len(path) - 1] = EOS
+        weights[d, : len(path)] = 1.0
     return {"states": states, "targets": targets, "weights": weights}
 
 
@@ -217,6 +233,9 @@ class Config:
     seeds: int = 20
 
 
+# Control: fraction of demonstrations (variant A) that show a mistake and its correction.
+CORRECTIONS = 0.25
+
 # (α, γ) settings run besides the main one (Config.alpha, Config.gamma): how much the conclusion depends on them.
 SENSITIVITY = ((0.1, 1.0), (0.5, 1.0), (0.1, 0.9), (0.5, 0.9))
 
@@ -227,9 +246,11 @@ def train_one(env: ChainMDP, cfg: Config, method: str, seed: int, steps) -> np.n
     rng = np.random.default_rng(seed)
     q = jnp.asarray(rng.normal(0.0, cfg.init_scale, (env.num_states, NUM_ACTIONS)), jnp.float32)
     opt_state = opt.init(q)
-    expert = {k: jnp.asarray(v) for k, v in expert_demos(env, cfg.num_demos).items()}
+    corrections = CORRECTIONS if method == "offline_corrections" else 0.0
+    demos = expert_demos(env, cfg.num_demos, corrections, seed)
+    expert = {k: jnp.asarray(v) for k, v in demos.items()}
     for _ in range(cfg.updates):
-        if method == "offline":
+        if method.startswith("offline"):
             q, opt_state, _ = offline_step(q, opt_state, expert)
         else:
             roll = rollouts(env, np.asarray(q), cfg.rollouts_per_update, rng)
@@ -275,6 +296,13 @@ def run(cfg: Config, sensitivity: bool = True) -> dict:
                     f"{row['ci95_high']:.1f}; π(action 0 | top row) {row['mean_pi_action0_top_row']:.2f})",
                     flush=True,
                 )
+        if recoverable and sensitivity:  # control: offline IQLearn with corrective demonstrations
+            row = _evaluate(env, cfg, "offline_corrections")
+            row.update(variant=variant, alpha=None, gamma=cfg.gamma, main=False)
+            results["rows"].append(row)
+            print(
+                f"{variant:18s} offline with corrections: {row['success_mean']:5.1f} %", flush=True
+            )
         results.setdefault("optimal_success", {})[variant] = 100.0 * optimal_success(env)
     return results
 
@@ -314,6 +342,13 @@ def optimal_success(env: ChainMDP) -> float:
     return float(dist[env.goal])
 
 
+METHOD_NAMES = {
+    "offline": "offline IQLearn",
+    "online": "online IQLearn",
+    "offline_corrections": f"offline IQLearn, {CORRECTIONS:.0%} of demos with a correction (control)",
+}
+
+
 def markdown(results: dict, seconds: float) -> str:
     cfg = results["config"]
     lines = [
@@ -339,7 +374,7 @@ def markdown(results: dict, seconds: float) -> str:
         star = " **(main)**" if r.get("main") else ""
         sd = r.get("sd_pi_action0_top_row_over_seeds")
         lines.append(
-            f"| {r['variant']} | {r['method']} IQLearn{star} | {alpha} | {r['gamma']:g} | "
+            f"| {r['variant']} | {METHOD_NAMES[r['method']]}{star} | {alpha} | {r['gamma']:g} | "
             f"{r['success_mean']:.1f} ± {r['success_se']:.1f} | {r['ci95_low']:.1f} – {r['ci95_high']:.1f} | "
             f"{r['mean_pi_action0_top_row']:.2f} ({sd:.2f}) |"
         )

@@ -63,12 +63,15 @@ def plot_toy_mdp(results: dict, out_dir: pathlib.Path) -> list[pathlib.Path]:
     ax = axes[1]
     labels, means, lo, hi, colors = [], [], [], [], []
     for r in rows:
-        setting = "offline" if r["method"] == "offline" else f"online α={r['alpha']:g}"
+        setting = {
+            "offline": "offline",
+            "offline_corrections": "offline, demos with corrections",
+        }.get(r["method"], f"online α={r['alpha']:g}")
         labels.append(f"{r['variant'][0]}: {setting}, γ={r['gamma']:g}")
         means.append(r["success_mean"])
         lo.append(r["success_mean"] - r["ci95_low"])
         hi.append(r["ci95_high"] - r["success_mean"])
-        colors.append("C0" if r["method"] == "offline" else "C1")
+        colors.append({"offline": "C0", "offline_corrections": "C2"}.get(r["method"], "C1"))
     xs = np.arange(len(rows))
     ax.bar(xs, means, 0.7, yerr=[lo, hi], capsize=3, color=colors)
     ax.set_xticks(xs, labels, fontsize=7, rotation=35, ha="right")

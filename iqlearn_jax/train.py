@@ -283,7 +283,8 @@ def train(
             )
             logging.info("initial params from %s", initial_checkpoint_path)
         batches_consumed = 0
-    start_step = step = int(replicated_to_host(state.step))  # the loop counts steps on the host from here
+    # The loop counts steps on the host from here (no further device reads for it).
+    start_step = step = int(replicated_to_host(state.step))
     _write_config(model_dir_path, start_step)
 
     train_iter = TrainIterator(
@@ -294,7 +295,9 @@ def train(
     )  # fmt: skip
     if restored is not None and not ckpt.restore_data(start_step, train_iter):
         logging.warning(
-            "checkpoint %d holds no data position: replaying %d batches", start_step, batches_consumed
+            "checkpoint %d holds no data position: replaying %d batches",
+            start_step,
+            batches_consumed,
         )
         train_iter.skip(batches_consumed)
     eval_data = None
@@ -354,7 +357,8 @@ def train(
     def read_metrics() -> None:
         """The host waits for the device here only: metrics to the meter, then the step's NaN/Inf record."""
         fetched = pending.fetch()
-        raise_if_nonfinite(state, fetched)  # before anything can log, evaluate or checkpoint this state
+        # Before anything can log, evaluate or checkpoint this state:
+        raise_if_nonfinite(state, fetched)
         for record in fetched:
             meter.add(record.metrics, record.tokens)
 

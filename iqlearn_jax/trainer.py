@@ -356,7 +356,8 @@ def guard_nonfinite(
         first_bad = jnp.where(
             (state.nonfinite_step < 0) & ~finite, new_state.step, state.nonfinite_step
         )
-        return kept.replace(step=new_state.step, nonfinite_step=first_bad.astype(jnp.int32)), metrics
+        kept = kept.replace(step=new_state.step, nonfinite_step=first_bad.astype(jnp.int32))
+        return kept, metrics
 
     return guarded
 

@@ -38,7 +38,8 @@ from iqlearn_jax.partitioning import replicated_to_host
 CHECKPOINTS_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "checkpoints_damaged"
 STATE_ITEM = "state"
-DATA_ITEM = "data"  # the data iterator's position (iqlearn_jax.data_pipeline), one folder per process
+# The data iterator's position (iqlearn_jax.data_pipeline), one folder per process.
+DATA_ITEM = "data"
 # How many differing arrays a mismatch message lists.
 MAX_LISTED_DIFFERENCES = 10
 
@@ -80,7 +81,9 @@ class TrainCheckpointManager:
             enable_async_checkpointing=self._async,
             cleanup_tmp_directories=True,
         )
-        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta", DATA_ITEM))
+        return ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta", DATA_ITEM)
+        )
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -116,7 +119,7 @@ class TrainCheckpointManager:
         """Restores `iterator` (a data_pipeline.TrainIterator) to its position at checkpoint `step`.
 
         Returns False when that checkpoint has no usable data item (saved before data checkpointing, by a
-        pipeline tf.data cannot checkpoint, or with another process count): the caller replays instead.
+        pipeline tf.data cannot checkpoint, with another process count, or unreadable): the caller replays.
         """
         if not (self.directory / str(step) / DATA_ITEM).is_dir():
             return False
@@ -126,8 +129,8 @@ class TrainCheckpointManager:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(**{DATA_ITEM: DataIteratorRestore(iterator)})
             )
-        except FileNotFoundError as e:
-            logging.warning("data position of checkpoint %d not restored: %s", step, e)
+        except Exception as e:  # noqa: BLE001 - unreadable or another process count: replaying is still exact
+            logging.warning("data position of checkpoint %d not restored: %s", step, _first_line(e))
             return False
         return bool(restored[DATA_ITEM])
 

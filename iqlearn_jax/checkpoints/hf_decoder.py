@@ -1,4 +1,4 @@
-"""Hugging Face Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) <-> LlamaConfig + params.
+"""Hugging Face Llama-family checkpoints (LlamaForCausalLM, MistralForCausalLM incl. sliding window, Qwen2ForCausalLM) <-> LlamaConfig + params.
 
 A checkpoint directory holds `config.json` and `model.safetensors` (or `model.safetensors.index.json` + shards).
 Layouts: HF `nn.Linear` weights are [out, in], our kernels [in, out] (transpose); q/k/v/o rows are head-major
@@ -76,11 +76,7 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> LlamaConfig:
         raise UnsupportedArchitectureError(
             "mlp_bias=True is not supported (Llama MLP without biases)."
         )
-    sliding = hf.get("sliding_window")
-    if model_type == "mistral" and sliding is not None:
-        raise UnsupportedArchitectureError(
-            f"Mistral sliding_window={sliding} is not supported: expected null (full attention)."
-        )
+    sliding = hf.get("sliding_window") if model_type == "mistral" else None
     if model_type == "qwen2" and hf.get("use_sliding_window"):
         raise UnsupportedArchitectureError("Qwen2 use_sliding_window=True is not supported.")
     heads = hf["num_attention_heads"]
@@ -109,6 +105,7 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> LlamaConfig:
         bos_id=hf.get("bos_token_id"),
         eos_id=eos[0] if isinstance(eos, list) else eos,
         pad_id=hf.get("pad_token_id"),
+        sliding_window=int(sliding) if sliding is not None else None,
     )
 
 
@@ -125,6 +122,10 @@ def config_to_hf(config: LlamaConfig) -> dict:
         raise UnsupportedArchitectureError(
             f"{arch}: Hugging Face's attention_bias sets q/k/v and o biases together; got "
             f"qkv_bias={config.qkv_bias}, out_bias={config.out_bias}."
+        )
+    if arch != "mistral" and config.sliding_window is not None:
+        raise UnsupportedArchitectureError(
+            f"{arch}: sliding_window={config.sliding_window} has no Hugging Face equivalent (Mistral only)."
         )
     rope = {
         "rope_type": config.rope_type,
@@ -160,7 +161,7 @@ def config_to_hf(config: LlamaConfig) -> dict:
     if arch == "llama":
         out.update(attention_bias=bool(config.qkv_bias), mlp_bias=False)
     if arch == "mistral":
-        out["sliding_window"] = None
+        out["sliding_window"] = config.sliding_window
     if arch == "qwen2":
         out.update(use_sliding_window=False, sliding_window=None)
     return out

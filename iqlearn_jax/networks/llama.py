@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3, Mistral without sliding window, Qwen2, SmolLM2): RoPE, GQA, SwiGLU, RMSNorm.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2): RoPE, GQA, SwiGLU, RMSNorm.
 
 Same conventions as decoder.py: parameters declared with `param_with_axes` (float32), activations in
 `config.dtype`, constrained by logical names, the same call signature and cache protocol (so
@@ -72,6 +72,8 @@ class LlamaConfig:
       float32_attention_logits: attention logits and softmax in float32.
       architecture: 'llama', 'mistral' or 'qwen2' (Hugging Face class on export).
       max_position_embeddings: written on export.
+      sliding_window: Mistral's local attention (a query sees keys at most sliding_window - 1 positions back);
+        None = full causal attention.
       bos_id, eos_id, pad_id: token ids of the tokenizer (written on export; None if unknown).
     """
 
@@ -95,6 +97,7 @@ class LlamaConfig:
     float32_attention_logits: bool = True
     architecture: str = "llama"
     max_position_embeddings: int = 2048
+    sliding_window: int | None = None
     bos_id: int | None = None
     eos_id: int | None = None
     pad_id: int | None = None
@@ -130,6 +133,12 @@ class LlamaConfig:
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(
                 f"LlamaConfig.rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}."
+            )
+        if self.sliding_window is not None and (
+            not isinstance(self.sliding_window, int) or self.sliding_window <= 0
+        ):
+            raise ValueError(
+                f"LlamaConfig.sliding_window must be None or a positive int, got {self.sliding_window!r}."
             )
         if not self.rope_theta > 0:
             raise ValueError(f"LlamaConfig.rope_theta must be > 0, got {self.rope_theta}.")
@@ -347,7 +356,11 @@ class GroupedQueryAttention(nn.Module):
         v_all = cached_value.value + jnp.moveaxis(value, 1, -1) * one_hot
         cached_key.value, cached_value.value = k_all, v_all
         cache_index.value = cur + 1
-        step_mask = jnp.broadcast_to(jnp.arange(length) <= cur, (batch, 1, 1, length))
+        slots = jnp.arange(length)
+        visible = slots <= cur
+        if self.config.sliding_window is not None:
+            visible &= slots > cur - self.config.sliding_window
+        step_mask = jnp.broadcast_to(visible, (batch, 1, 1, length))
         mask = masks.combine_masks(mask, step_mask)
         return jnp.moveaxis(k_all, -1, 1), jnp.moveaxis(v_all, -1, 1), mask
 
@@ -388,13 +401,17 @@ def attention_mask(
     dtype: Any,
     decoder_segment_ids: Array | None,
     decoder_causal_attention: Array | None,
+    sliding_window: int | None = None,
 ) -> Array:
-    """[batch, 1, length, length]: causal ∧ same segment (if given; 0 = padding) ∨ prefix-LM block.
-
-    Never derived from token values (id 0 is a real token).
+    """[batch, 1, length, length]: (causal [∧ q − k < sliding_window] ∨ prefix-LM block) ∧ same segment (if
+    given; 0 = padding). Never derived from token values (id 0 is a real token).
     """
     idx = jnp.zeros((batch, length), jnp.int32)
     causal = masks.make_causal_mask(idx, dtype=dtype)
+    if sliding_window is not None:
+        pos = jnp.arange(length)
+        near = (pos[:, None] - pos[None, :]) < sliding_window
+        causal = jnp.logical_and(causal, near[None, None]).astype(dtype)
     if decoder_causal_attention is not None:
         prefix = masks.make_attention_mask(
             decoder_causal_attention, decoder_causal_attention, jnp.logical_and, dtype=dtype
@@ -456,7 +473,12 @@ class LlamaDecoder(nn.Module):
             mask = key_mask.value[:, None, None, :].astype(dtype) if initialized else None
         else:
             mask = attention_mask(
-                length, batch, dtype, decoder_segment_ids, decoder_causal_attention
+                length,
+                batch,
+                dtype,
+                decoder_segment_ids,
+                decoder_causal_attention,
+                cfg.sliding_window,
             )
         embedder = layers.Embed(
             num_embeddings=cfg.vocab_size,

@@ -223,6 +223,29 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 # Attention.
 
 
+def constrain_dividing(x: Array, axes: tuple[str | None, ...]) -> Array:
+    """Logical sharding constraint, dropping any axis whose mesh axis does not divide its dimension.
+
+    GQA head counts (SmolLM2: 9 heads, 3 kv heads) need not divide the model axis; such a dimension is left to
+    the compiler (replicated) instead of failing, as Partitioner.logical_to_spec does for parameters.
+    """
+    try:
+        mesh = jax.sharding.get_abstract_mesh()
+        sizes = dict(mesh.shape) if mesh is not None and not mesh.empty else {}
+        spec = nn.logical_to_mesh_axes(axes)
+    except Exception:  # no mesh / rules in scope: the constraint is a no-op anyway
+        return with_sharding_constraint(x, axes)
+    if spec is not None and sizes:
+        axes = tuple(
+            name
+            if mesh_axis is None
+            or x.shape[i] % int(np.prod([sizes.get(a, 1) for a in np.atleast_1d(mesh_axis)])) == 0
+            else None
+            for i, (name, mesh_axis) in enumerate(zip(axes, tuple(spec), strict=True))
+        )
+    return with_sharding_constraint(x, axes)
+
+
 class HeadProjection(nn.Module):
     """x [batch, length, embed] -> [batch, length, heads, head_dim], optionally with bias and RoPE.
 
@@ -290,9 +313,9 @@ class GroupedQueryAttention(nn.Module):
         query = proj("query", cfg.num_heads, ("embed", "joined_kv"), cfg.qkv_bias, True)
         key = proj("key", cfg.num_kv_heads, ("embed", "kv_heads_joined"), cfg.qkv_bias, True)
         value = proj("value", cfg.num_kv_heads, ("embed", "kv_heads_joined"), cfg.qkv_bias, False)
-        query = with_sharding_constraint(query, ("batch", "length", "heads", "kv"))
-        key = with_sharding_constraint(key, ("batch", "length", "kv_heads", "kv"))
-        value = with_sharding_constraint(value, ("batch", "length", "kv_heads", "kv"))
+        query = constrain_dividing(query, ("batch", "length", "heads", "kv"))
+        key = constrain_dividing(key, ("batch", "length", "kv_heads", "kv"))
+        value = constrain_dividing(value, ("batch", "length", "kv_heads", "kv"))
         if decode:
             key, value, mask = self._update_cache(key, value, mask, cache_ready)
 

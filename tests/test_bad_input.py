@@ -388,6 +388,9 @@ def test_no_libtpu_noise_on_a_machine_without_tpu():
     if any(os.path.exists(p) for p in ("/dev/accel0", "/dev/vfio/0")):
         pytest.skip("this machine has a TPU")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_PLATFORMS", "TPU_"))}
+    env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = (
+        "1"  # else libtpu stays silent while another process holds its lock
+    )
     code = "import jax; print(jax.devices()[0].platform)"
     quiet = "from iqlearn_jax.gin_utils import quiet_tpu_probe; quiet_tpu_probe(); " + code
     noisy = subprocess.run(

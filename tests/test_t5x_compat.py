@@ -221,11 +221,14 @@ def test_adapter_loss_and_grads_equal_objective_on_t5x_logits_packed(t5x, case):
 
     build = _encoder_decoder_case if case == "encoder_decoder" else _decoder_only_case
     model, objective, batch, shapes, network_logits, stock, mle = build(t5x)
-    params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
+    # Everything under jit: one compile per function instead of one per op (eager T5X is slow on a loaded CPU).
+    params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(jax.random.PRNGKey(0))
+    params = params["params"]
+    network_logits = jax.jit(network_logits, static_argnames="packed")
     targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     segments = batch["decoder_segment_ids"]
 
-    loss, metrics = model.loss_fn(params, batch, None)
+    loss, metrics = jax.jit(lambda p: model.loss_fn(p, batch, None))(params)
     logits = np.asarray(network_logits(params))
     ref = iqlearn_reference(
         logits,
@@ -254,9 +257,9 @@ def test_adapter_loss_and_grads_equal_objective_on_t5x_logits_packed(t5x, case):
     )
     assert abs(unpacked["loss"] - ref["loss"]) > 1e-3
 
-    grads = jax.grad(lambda p: model.loss_fn(p, batch, None)[0])(params)
-    expected = jax.grad(
-        lambda p: objective(network_logits(p), targets, weights, segment_ids=segments)[0]
+    grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, None)[0]))(params)
+    expected = jax.jit(
+        jax.grad(lambda p: objective(network_logits(p), targets, weights, segment_ids=segments)[0])
     )(params)
     flat_got = jax.tree_util.tree_leaves_with_path(grads)
     flat_expected = dict(jax.tree_util.tree_leaves_with_path(expected))
@@ -272,8 +275,8 @@ def test_adapter_loss_and_grads_equal_objective_on_t5x_logits_packed(t5x, case):
     assert max(float(np.abs(np.asarray(v)).max()) for _, v in flat_got) > 1e-4
 
     # λ = 0: the adapter's loss is T5X's own cross-entropy loss (same normalisation, no z-loss).
-    mle_loss, _ = mle.loss_fn(params, batch, None)
-    stock_loss, _ = stock.loss_fn(params, batch, None)
+    mle_loss, _ = jax.jit(lambda p: mle.loss_fn(p, batch, None))(params)
+    stock_loss, _ = jax.jit(lambda p: stock.loss_fn(p, batch, None))(params)
     np.testing.assert_allclose(float(mle_loss), float(stock_loss), rtol=1e-5)
 
 

@@ -51,6 +51,11 @@ class _ObjectiveLossMixin:
                 f"Objective.lam_warmup_steps={objective.lam_warmup_steps}: T5X's loss_fn does not receive the train "
                 "step, so the λ warm-up cannot run inside t5x.train. Use lam_warmup_steps=0 there."
             )
+        if getattr(objective, "vocab_chunk_size", None) is not None:
+            raise ValueError(
+                f"Objective.vocab_chunk_size={objective.vocab_chunk_size}: T5X's network returns full logits, so the "
+                "vocabulary-chunked loss of this project's models cannot run inside t5x.train. Use None there."
+            )
         for name in ("label_smoothing", "z_loss", "loss_normalizing_factor"):
             if kwargs.get(name) not in (None, 0, 0.0):
                 raise ValueError(

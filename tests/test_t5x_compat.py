@@ -296,5 +296,8 @@ def test_adapter_refuses_lambda_warmup_and_t5x_loss_options(t5x):
     warm = objectives.Objective(name="iqlearn", lam=0.1, lam_warmup_steps=100)
     with pytest.raises(ValueError, match="lam_warmup_steps=100"):
         t5x_compat.IQLearnEncoderDecoderModel(objective=warm, **kwargs)
+    chunked = objectives.Objective(name="iqlearn", lam=0.1, vocab_chunk_size=4)
+    with pytest.raises(ValueError, match="vocab_chunk_size=4"):
+        t5x_compat.IQLearnEncoderDecoderModel(objective=chunked, **kwargs)
     with pytest.raises(ValueError, match="z_loss=0.0001"):
         t5x_compat.IQLearnEncoderDecoderModel(z_loss=1e-4, **kwargs)

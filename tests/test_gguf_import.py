@@ -115,7 +115,9 @@ def write_gguf(path, model, types, arch="llama"):
         else:
             data = gguf.quants.quantize(arr, qtype)
             w.add_tensor(name, data, raw_dtype=qtype)
-        stored[name] = np.asarray(gguf.quants.dequantize(data, qtype), np.float32).reshape(arr.shape)
+        stored[name] = np.asarray(gguf.quants.dequantize(data, qtype), np.float32).reshape(
+            arr.shape
+        )
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -136,7 +138,10 @@ def test_float_gguf_imports_to_the_hf_tensors_and_logits(hf_llama, tmp_path):
     with torch.no_grad():
         ref = model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     ours = networks.network_for(config).apply(
-        {"params": params}, decoder_input_tokens=ids, decoder_target_tokens=ids, enable_dropout=False
+        {"params": params},
+        decoder_input_tokens=ids,
+        decoder_target_tokens=ids,
+        enable_dropout=False,
     )
     np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4)
 
@@ -166,7 +171,9 @@ def test_quantised_gguf_imports_to_dequantised_tensors(hf_llama, tmp_path):
     for name, ours in checks.items():
         np.testing.assert_array_equal(ours, stored[name], err_msg=name)
         if types(name, None) not in (Q.F32,):
-            assert 0 < np.abs(ours - original[name]).max() < 0.1, name  # really quantised, and close
+            assert 0 < np.abs(ours - original[name]).max() < 0.1, (
+                name
+            )  # really quantised, and close
     np.testing.assert_array_equal(unpermute_rows(permute_rows(original["blk.0.attn_q.weight"], 4), 4),
                                   original["blk.0.attn_q.weight"])  # fmt: skip
 
@@ -178,7 +185,14 @@ def test_gguf_embedded_tokenizer(hf_llama, tmp_path):
     assert (vocab.eos_id, vocab.pad_id, vocab.bos_id) == (2, 2, 1)
     tokens, _ = token_list()
     ids = vocab.encode("the 12 the")
-    assert [tokens[i] for i in ids] == ["t", "he", "Ġ", "1", "2", "Ġthe"]  # digits split (smollm pre-tokenizer)
+    assert [tokens[i] for i in ids] == [
+        "t",
+        "he",
+        "Ġ",
+        "1",
+        "2",
+        "Ġthe",
+    ]  # digits split (smollm pre-tokenizer)
     assert vocab.decode(ids) == "the 12 the"
     assert vocab.encode("<|endoftext|>") == [0]  # id 0 is a real (special) token
     assert vocab.decode([ids[0], 2, 5]) == vocab.decode([ids[0]])  # cut at EOS
@@ -205,7 +219,12 @@ def test_smollm2_parity_with_transformers(data_dir):
 
     path = smollm2_gguf_path()
     config, params, vocab = import_gguf(path)
-    assert (config.num_layers, config.emb_dim, config.num_heads, config.num_kv_heads) == (30, 576, 9, 3)
+    assert (config.num_layers, config.emb_dim, config.num_heads, config.num_kv_heads) == (
+        30,
+        576,
+        9,
+        3,
+    )
     assert (config.vocab_size, config.logits_via_embedding, vocab.eos_id) == (49152, True, 2)
     with open(data_dir / "gsm8k" / "test.jsonl") as f:
         questions = [json.loads(next(f))["question"] for _ in range(3)]
@@ -218,9 +237,13 @@ def test_smollm2_parity_with_transformers(data_dir):
     mask = np.zeros_like(x)
     for row, seq in enumerate(ids):
         x[row, : len(seq)], mask[row, : len(seq)] = seq, 1
-    hf = transformers.LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    hf = transformers.LlamaForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32
+    ).eval()
     with torch.no_grad():
-        ref = hf(torch.tensor(x, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.numpy()
+        ref = hf(
+            torch.tensor(x, dtype=torch.long), attention_mask=torch.tensor(mask)
+        ).logits.numpy()
     module = networks.network_for(config)
     ours = np.asarray(
         jax.jit(lambda p, t: module.apply({"params": p}, t, t, enable_dropout=False))(params, x)
@@ -228,5 +251,7 @@ def test_smollm2_parity_with_transformers(data_dir):
     real = mask.astype(bool)
     max_diff = float(np.abs(ours - ref)[real].max())
     top1 = float((ours.argmax(-1) == ref.argmax(-1))[real].mean())
-    print(f"SmolLM2 parity on {real.sum()} GSM8k prompt tokens: max|Δlogit| {max_diff:.2e}, top-1 {top1:.4f}")
+    print(
+        f"SmolLM2 parity on {real.sum()} GSM8k prompt tokens: max|Δlogit| {max_diff:.2e}, top-1 {top1:.4f}"
+    )
     assert max_diff < 1e-3 and top1 >= 0.99

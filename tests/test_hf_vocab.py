@@ -77,7 +77,9 @@ def test_feature_converter_marks_padding_by_weights_not_id0(tokenizer_dir, pack)
     task = make_task(f"hf_vocab_test_{int(pack)}", vocab, RECORDS)
     lengths = {"inputs": 5, "targets": 5}
     converter = HFDecoderFeatureConverter(pack=pack, bos_id=vocab.bos_id, pad_id=vocab.pad_id)
-    ds = seqio.get_dataset(task.name, lengths, feature_converter=converter, shuffle=False, dataset_split="train")
+    ds = seqio.get_dataset(
+        task.name, lengths, feature_converter=converter, shuffle=False, dataset_split="train"
+    )
     rows = [{k: v.numpy() for k, v in ex.items()} for ex in ds]
     if pack:
         assert len(rows) == 1

@@ -1,6 +1,7 @@
 """Llama-family network against Hugging Face transformers (PyTorch): import, export, RoPE, KV cache, masks, packing,
 sharding on 8 emulated devices, and bad input."""
 
+import functools
 import json
 
 import jax
@@ -82,17 +83,20 @@ def hf_logits(model, ids, mask=None, position_ids=None):
         return model(torch.tensor(ids, dtype=torch.long), **kwargs).logits.float().numpy()
 
 
-def our_logits(config, params, ids, **kwargs):
+@functools.cache
+def _jitted_apply(config):
     module = networks.network_for(config)
-    return np.asarray(
-        module.apply(
-            {"params": params},
-            decoder_input_tokens=jnp.asarray(ids),
-            decoder_target_tokens=jnp.asarray(ids),
-            enable_dropout=False,
-            **kwargs,
-        )
-    )
+
+    def apply(params, ids, kwargs):
+        return module.apply({"params": params}, decoder_input_tokens=ids, decoder_target_tokens=ids,
+                            enable_dropout=False, **kwargs)  # fmt: skip
+
+    return jax.jit(apply)
+
+
+def our_logits(config, params, ids, **kwargs):
+    kwargs = {k: jnp.asarray(v) for k, v in kwargs.items()}
+    return np.asarray(_jitted_apply(config)(params, jnp.asarray(ids), kwargs))
 
 
 def test_import_matches_transformers_on_padded_batch(hf_model):
@@ -116,7 +120,9 @@ def test_export_reloads_in_transformers_with_same_logits(hf_model, tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
     assert type(reloaded) is type(model)
     ids, mask = padded_batch(seed=1)
-    np.testing.assert_allclose(hf_logits(reloaded, ids, mask), hf_logits(model, ids, mask), atol=1e-5)
+    np.testing.assert_allclose(
+        hf_logits(reloaded, ids, mask), hf_logits(model, ids, mask), atol=1e-5
+    )
     config2, params2 = import_hf_decoder(str(tmp_path / "out"))
     assert config2 == config
     jax.tree.map(np.testing.assert_array_equal, params2, params)
@@ -177,14 +183,18 @@ def test_kv_cache_decoding_equals_full_forward_gqa(window):
     seqs = rs.randint(0, VOCAB, (2, length)).astype(np.int32)
     prompt_lengths = np.array([3, 5])  # different lengths: prompts are right-aligned in the cache
     causal = (np.arange(length)[None] <= prompt_lengths[:, None]).astype(np.int32)
-    batch = {"decoder_input_tokens": jnp.asarray(seqs), "decoder_causal_attention": jnp.asarray(causal)}
+    batch = {
+        "decoder_input_tokens": jnp.asarray(seqs),
+        "decoder_causal_attention": jnp.asarray(causal),
+    }
     full = our_logits(config, params, seqs)
     state = model.start_decoding(params, batch)
+    advance = jax.jit(model.advance_decoding)
     for step in range(length - 1 - int(prompt_lengths.max())):
         pos = prompt_lengths + step  # logits predicting token pos + 1
         expected = full[np.arange(2), pos]
         np.testing.assert_allclose(np.asarray(state.logits), expected, atol=2e-5)
-        state = model.advance_decoding(params, state, jnp.asarray(seqs[np.arange(2), pos + 1]))
+        state = advance(params, state, jnp.asarray(seqs[np.arange(2), pos + 1]))
     cache = state.cache["decoder"]["layers_0"]["self_attention"]
     assert cache["cached_key"].shape == (2, config.num_kv_heads, config.head_dim, length)
 
@@ -192,7 +202,9 @@ def test_kv_cache_decoding_equals_full_forward_gqa(window):
 def test_prefix_lm_mask_and_reference():
     causal = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
     segments = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 2, 2, 2]])
-    mask = np.asarray(llama.attention_mask(6, 2, jnp.float32, jnp.asarray(segments), jnp.asarray(causal)))
+    mask = np.asarray(
+        llama.attention_mask(6, 2, jnp.float32, jnp.asarray(segments), jnp.asarray(causal))
+    )
     ref = np.zeros((2, 1, 6, 6))
     for b in range(2):
         for q in range(6):
@@ -262,7 +274,9 @@ def run_steps(mesh_shape):
     partitioner = Partitioner(mesh_shape=mesh_shape, devices=devices)
     shapes = {k: ((BATCH, LENGTH), np.dtype(np.int32)) for k in sharding_batches(1)[0]}
     _, shardings = trainer.abstract_train_state(model, optimizer, partitioner, shapes)
-    state = trainer.init_train_state(model, optimizer, partitioner, shapes, seed=0, state_shardings=shardings)
+    state = trainer.init_train_state(
+        model, optimizer, partitioner, shapes, seed=0, state_shardings=shardings
+    )
     step_fn = trainer.build_train_step(model, optimizer, partitioner, shardings, 1)
     losses = []
     for batch in sharding_batches():
@@ -278,7 +292,10 @@ def test_sharded_gqa_steps_equal_single_device():
     for mesh_shape in [(8, 1), (2, 4)]:
         losses, params, state = run_steps(mesh_shape)
         np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
+        # Sharded reductions re-associate float sums: Adam (lr 1e-2) turns that into ~1e-5 relative differences.
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, ref_params
+        )
         if mesh_shape == (2, 4):
             query = state.params["decoder"]["layers_0"]["self_attention"]["query"]["kernel"]
             key = state.params["decoder"]["layers_0"]["self_attention"]["key"]["kernel"]
@@ -290,7 +307,9 @@ def test_sharded_gqa_steps_equal_single_device():
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    )
     with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
         import_hf_decoder(str(tmp_path))
     bad = {"model_type": "qwen2", "use_sliding_window": True, "num_attention_heads": 2}
@@ -311,5 +330,7 @@ def test_mismatched_shapes_are_named(hf_model, tmp_path):
 
     shutil.copytree(path, tmp_path / "bad")
     (tmp_path / "bad" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"mlp/wi_0/kernel: expected shape \(32, 50\), got \(32, 48\)"):
+    with pytest.raises(
+        ValueError, match=r"mlp/wi_0/kernel: expected shape \(32, 50\), got \(32, 48\)"
+    ):
         import_hf_decoder(str(tmp_path / "bad"))

@@ -127,7 +127,9 @@ def output_logits(
         scale = 1.0 / float(np.sqrt(y.shape[-1])) if scaled else 1.0
         return output_head(y, cfg.vocab_size, embedder if tied else None, scale)
     if cfg.logits_via_embedding:
-        logits = embedder.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
+        logits = embedder.attend(y)
+        if getattr(cfg, "scale_tied_logits", True):  # T5.1.0 scales; Llama-family (LlamaConfig) does not
+            logits = logits / jnp.sqrt(jnp.float32(y.shape[-1]))
     else:
         logits = layers.DenseGeneral(
             cfg.vocab_size, dtype=jnp.float32, kernel_axes=("embed", "vocab"), name="logits_dense"

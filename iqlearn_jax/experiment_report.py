@@ -250,7 +250,12 @@ def plot_dataset_size(results: dict, out_dir: pathlib.Path) -> list[pathlib.Path
                     ms=3,
                     capsize=2,
                     color=color[r["label"]],
-                    label=f"{r['label']} (n={len(r['seeds'])})",
+                    label=f"{r['label']} (n={len(r['seeds'])}"
+                    + (
+                        f", {len(r['incomplete_seeds'])} unfinished)"
+                        if r.get("incomplete_seeds")
+                        else ")"
+                    ),
                 )
         axes[0, j].set_title(_size_name(size), fontsize=10)
         axes[0, j].set_ylabel("validation NLL (nats/token)")

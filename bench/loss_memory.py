@@ -10,7 +10,7 @@ and once with `vocab_chunk_size=--chunk_size` (iqlearn_jax.chunked_loss). Report
   * peak memory of the compiled step from XLA's memory analysis: arguments + outputs − aliased (donated state)
     + temporaries, per device; on this host's CPU backend and, via `iqlearn_jax.aot` (libtpu, compile only, no TPU
     needed), for the TPU topology `--topology` with bfloat16 activations;
-  * step time on this host's CPU (--time_vocab only: median of --reps interleaved steps after warm-up).
+  * step time on this host's CPU (--time_vocab only, same batch: median of --reps interleaved steps after warm-up).
 
 The model has T5.1.1-small widths (d_model 512, 6 heads, d_ff 1024, untied `logits_dense`) but 2 + 2 layers (so
 that it compiles in minutes on a loaded 2-core machine), at batch 8 × (inputs 128, targets 256): 2048 target tokens,
@@ -69,7 +69,7 @@ def build(vocab: int, chunk: int | None, dtype: str, lam: float) -> EncoderDecod
 
 
 def compiled_step(model, partitioner: Partitioner, shapes) -> tuple[Any, Any, int]:
-    """(jitted step, state shardings, peak bytes per device from XLA's memory analysis)."""
+    """(compiled step, state shardings, peak bytes per device from XLA's memory analysis)."""
     optimizer = optimizers.adafactor(1e-3)
     abstract, shardings = trainer.abstract_train_state(model, optimizer, partitioner, shapes)
     step = trainer.build_train_step(model, optimizer, partitioner, shardings)
@@ -81,23 +81,16 @@ def compiled_step(model, partitioner: Partitioner, shapes) -> tuple[Any, Any, in
         - mem.alias_size_in_bytes
         + mem.temp_size_in_bytes
     )
-    return step, shardings, int(peak)
+    return compiled, shardings, int(peak)
 
 
-def time_steps(
-    models: dict, partitioner: Partitioner, shapes, batch, reps: int, warmup: int
-) -> dict:
-    """Median seconds per step of each model's train step, steps interleaved."""
-    optimizer = optimizers.adafactor(1e-3)
-    states, steps, times = {}, {}, {name: [] for name in models}
-    for name, model in models.items():
-        step, shardings, _ = compiled_step(model, partitioner, shapes)
-        states[name] = trainer.init_train_state(model, optimizer, partitioner, shapes, 0, shardings)
-        steps[name] = step
+def time_steps(compiled: dict, states: dict, batch, reps: int, warmup: int) -> tuple[dict, dict]:
+    """Median seconds per step of each compiled train step, steps interleaved."""
+    times = {name: [] for name in compiled}
     for rep in range(warmup + reps):
-        for name in models:
+        for name, step in compiled.items():
             t0 = time.perf_counter()
-            states[name], metrics = steps[name](states[name], batch)
+            states[name], metrics = step(states[name], batch)
             jax.block_until_ready((states[name], metrics))
             if rep >= warmup:
                 times[name].append(time.perf_counter() - t0)
@@ -171,42 +164,45 @@ def main(argv: list[str] | None = None) -> int:
         "| vocab | where | full logits MiB | full step peak MiB | chunked step peak MiB | chunked/full |"
     )
     print("|---|---|---|---|---|---|")
-    cpu_ratio = {}
+    cpu_ratio, compiled, states = {}, {}, {}
+    optimizer = optimizers.adafactor(1e-3)
     for vocab in vocabs:
-        peaks = [
-            compiled_step(build(vocab, c, "float32", args.lam), partitioner, shapes)[2]
-            for c in (None, args.chunk_size)
-        ]
+        peaks = []
+        for name, c in (("full", None), ("chunked", args.chunk_size)):
+            model = build(vocab, c, "float32", args.lam)
+            step, shardings, peak = compiled_step(model, partitioner, shapes)
+            peaks.append(peak)
+            if vocab == args.time_vocab:  # the same compiled steps are timed below
+                compiled[name] = step
+                states[name] = trainer.init_train_state(
+                    model, optimizer, partitioner, shapes, 0, shardings
+                )
         cpu_ratio[vocab] = peaks[1] / peaks[0]
         logits_mib = tokens * vocab * 4 / MiB
         print(
-            f"| {vocab} | CPU (XLA memory analysis) | {logits_mib:.0f} | {peaks[0] / MiB:.0f} | {peaks[1] / MiB:.0f} | {cpu_ratio[vocab]:.2f} |",
+            f"| {vocab} | CPU (XLA memory analysis) | {logits_mib:.0f} | {peaks[0] / MiB:.0f} | "
+            f"{peaks[1] / MiB:.0f} | {cpu_ratio[vocab]:.2f} |",
             flush=True,
         )
         if args.topology != "none":
             tpu = tpu_memory(args.topology, vocab, args.chunk_size, args)
             if tpu is not None:
                 print(
-                    f"| {vocab} | TPU {args.topology} per device (AOT, bf16 activations) | {logits_mib / 4:.0f} | {tpu[0] / MiB:.0f} | {tpu[1] / MiB:.0f} | {tpu[1] / tpu[0]:.2f} |",
+                    f"| {vocab} | TPU {args.topology} per device (AOT, bf16 activations) | "
+                    f"{logits_mib / 4:.0f} | {tpu[0] / MiB:.0f} | {tpu[1] / MiB:.0f} | {tpu[1] / tpu[0]:.2f} |",
                     flush=True,
                 )
 
-    time_args = argparse.Namespace(**{**vars(args), "batch_size": args.time_batch_size})
-    time_shapes = feature_shapes(time_args)
     batch = partitioner.shard_batch(
-        make_batch(args.time_batch_size, args.inputs_length, args.targets_length, args.time_vocab)
+        make_batch(args.batch_size, args.inputs_length, args.targets_length, args.time_vocab)
     )
-    models = {
-        "full": build(args.time_vocab, None, "float32", args.lam),
-        "chunked": build(args.time_vocab, args.chunk_size, "float32", args.lam),
-    }
-    medians, times = time_steps(models, partitioner, time_shapes, batch, args.reps, args.warmup)
+    medians, times = time_steps(compiled, states, batch, args.reps, args.warmup)
     step_ratio = medians["chunked"] / medians["full"]
     print(
-        f"CPU step time @{args.time_vocab}, batch {args.time_batch_size} x ({args.inputs_length}, {args.targets_length}), "
-        f"{args.warmup} warm-up + {args.reps} interleaved steps: full median {1e3 * medians['full']:.0f} ms "
-        f"(min {1e3 * min(times['full']):.0f}), chunked median {1e3 * medians['chunked']:.0f} ms "
-        f"(min {1e3 * min(times['chunked']):.0f}); min ratio {min(times['chunked']) / min(times['full']):.3f}"
+        f"CPU step time @{args.time_vocab} (same batch), {args.warmup} warm-up + {args.reps} interleaved steps: "
+        f"full median {1e3 * medians['full']:.0f} ms (min {1e3 * min(times['full']):.0f}), chunked median "
+        f"{1e3 * medians['chunked']:.0f} ms (min {1e3 * min(times['chunked']):.0f}); min ratio "
+        f"{min(times['chunked']) / min(times['full']):.3f}"
     )
     small, large = vocabs[0], vocabs[-1]
     print(

@@ -63,10 +63,12 @@ def plot_toy_mdp(results: dict, out_dir: pathlib.Path) -> list[pathlib.Path]:
     ax = axes[1]
     labels, means, lo, hi, colors = [], [], [], [], []
     for r in rows:
-        setting = {
-            "offline": "offline",
-            "offline_corrections": "offline, demos with corrections",
-        }.get(r["method"], f"online α={r['alpha']:g}")
+        if r["method"] == "online":
+            setting = f"online α={r['alpha']:g}"
+        else:
+            setting = {"offline": "offline", "offline_corrections": "offline, corrective demos"}[
+                r["method"]
+            ]
         labels.append(f"{r['variant'][0]}: {setting}, γ={r['gamma']:g}")
         means.append(r["success_mean"])
         lo.append(r["success_mean"] - r["ci95_low"])
@@ -344,7 +346,10 @@ def plot_reward_correlation(results: dict, out_dir: pathlib.Path) -> list[pathli
     ax.set_xlabel("TD regularisation λ")
     ax.set_ylabel("Spearman ρ(Σ_t r_t, correct)")
     ax.set_title("ρ as a function of λ, fine-tunes from MLE (paper Figure 8)", fontsize=10)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no fine-tune finished yet", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     fig.suptitle(f"{results['task']}: implicit reward vs answer correctness (T = 1, calculator)")
     fig.tight_layout()

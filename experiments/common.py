@@ -185,7 +185,8 @@ def _wait_for_other_process(model_dir: pathlib.Path, poll_s: float = 20.0) -> No
     lock = model_dir / "LOCK"
 
     def recently_written() -> bool:  # a trainer without a LOCK file (older experiment processes)
-        newest = max((p.stat().st_mtime for p in model_dir.rglob("*")), default=0.0)
+        files = (p for p in model_dir.rglob("*") if p.name not in ("BUSY", "LOCK"))
+        newest = max((p.stat().st_mtime for p in files), default=0.0)
         return time.time() - newest < 180
 
     while model_dir.exists() and not lock.exists() and not (model_dir / "DONE").exists():

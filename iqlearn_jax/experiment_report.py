@@ -141,7 +141,7 @@ def _scatter_front(results: dict, xkey: str, xlabel: str, title: str, path: path
         if not front or y > front[-1][1]:
             front.append((x, y))
     if front:
-        ax.plot(*zip(*front, strict=True), "k--", lw=1, label="Pareto front")
+        ax.plot(*zip(*front, strict=True), "k--x", lw=1, label="Pareto front")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("answer accuracy with calculator (%)")
     ax.set_title(title, fontsize=10)
@@ -162,14 +162,14 @@ def plot_pareto(results: dict, out_dir: pathlib.Path) -> list[pathlib.Path]:
         results,
         "self_bleu4",
         "Self-BLEU-4 over all samples (0-100, lower = more diverse)",
-        f"{task}: accuracy vs Self-BLEU-4 (temperatures 0, 0.5, 1; mean ± SE over seeds)",
+        f"{task}: accuracy vs Self-BLEU-4\n(T = 0: 1 sample per prompt, T > 0: 2; mean ± SE over seeds)",
         paths[0],
     )
     _scatter_front(
         results,
         "model_entropy",
         "per-token entropy of the policy on its own samples (nats/token, higher = more diverse)",
-        f"{task}: accuracy vs per-token entropy (mean ± SE over seeds)",
+        f"{task}: accuracy vs per-token entropy\n(T = 0: 1 sample per prompt, T > 0: 2; mean ± SE over seeds)",
         paths[1],
     )
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))

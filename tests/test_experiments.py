@@ -99,6 +99,20 @@ def test_toy_expert_demos_are_mistake_free():
     assert d["states"][0].tolist() == [0, 1, 2, 3, 0, 0]
     assert d["targets"][0].tolist() == [0, 0, 0, toy.EOS, 0, 0]
     assert d["weights"][0].tolist() == [1, 1, 1, 1, 0, 0]
+    # Control: a demonstration with one mistake (noise: b_i -> u_i) and its correction (u_i -> b_i).
+    c = toy.expert_demos(env, 1, corrections=1.0, seed=0)
+    path = [int(x) for x, w in zip(c["states"][0], c["weights"][0], strict=True) if w]
+    i = next(k for k, s in enumerate(path) if s > env.goal) - 1
+    assert path == [0, 1, 2, 3][: i + 1] + [env.top(i)] + [0, 1, 2, 3][i:]
+    assert (
+        c["targets"][0][len(path) - 1] == toy.EOS and (c["targets"][0][: len(path) - 1] == 0).all()
+    )
+    p = env.transition_matrix()
+    assert all(
+        p[a, 0, b] > 0 for a, b in zip(path[:-1], path[1:], strict=True)
+    )  # every move is possible
+    with pytest.raises(ValueError, match="variant A"):
+        toy.expert_demos(toy.ChainMDP(n=3, horizon=5, recoverable=False), 1, corrections=1.0)
 
 
 def test_toy_smoke(tmp_path):

@@ -217,7 +217,8 @@ def test_score_batch_intermediates_match_numpy(request, which):
     )
     np.testing.assert_allclose(inter["token_log_probs"], log_probs, atol=1e-5)
     np.testing.assert_allclose(scores, log_probs.sum(-1), atol=1e-4)
-    np.testing.assert_allclose(model.score_batch(params, batch), scores, atol=1e-6)
+    # Eager vs jitted: XLA may fuse/reorder the float32 sum over tokens differently (seen: 4e-6 on -23.57).
+    np.testing.assert_allclose(model.score_batch(params, batch), scores, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(inter["values"], values, atol=1e-5)
     probs = np.exp(np.asarray(logits, np.float64) - values[..., None])
     entropies = -np.sum(probs * np.log(probs), axis=-1)

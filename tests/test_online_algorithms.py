@@ -53,8 +53,9 @@ def structured_batch(seed=0):
 class FakeModel:
     """Returns fixed 'samples' from predict_batch_with_aux; everything else as the real models."""
 
-    def __init__(self, continuation, decoder_only):
+    def __init__(self, continuation, decoder_only, module=None):
         self.continuation = jnp.asarray(continuation, jnp.int32)
+        self.module = module
         self._REQUIRED = ("decoder_target_tokens",) if decoder_only else ("encoder_input_tokens",)
         self.eos_id = 1
 
@@ -136,6 +137,36 @@ def test_policy_batch_eos_truncation_prompt_and_padding():
     np.testing.assert_array_equal(
         policy["decoder_loss_weights"], [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     )
+    np.testing.assert_array_equal(info["ended"], [True, False])
+
+
+def test_policy_batch_keeps_sampled_id_zero_for_llama_vocabularies():
+    # Llama family: id 0 is a real token (SmolLM2's <|endoftext|>); padding is marked by decoder_segment_ids.
+    from iqlearn_jax.networks import llama
+
+    assert llama.LlamaDecoderWrapper.ZERO_IS_PADDING is False
+    targets = np.array([[5, 6, 3, 1, 9, 9], [5, 4, 4, 4, 9, 9]])
+    causal = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    batch = {
+        "decoder_target_tokens": jnp.asarray(targets),
+        "decoder_input_tokens": jnp.asarray(np.pad(targets, ((0, 0), (1, 0)))[:, :-1]),
+        "decoder_causal_attention": jnp.asarray(causal),
+        "decoder_segment_ids": jnp.asarray(np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0]])),
+    }
+    samples = np.array([[0, 7, 1, 0, 0, 0], [0, 0, 8, 0, 0, 0]])  # row 1 never ends: truncated
+    policy, info = sample_policy_batch(
+        FakeModel(samples, True, module=llama.LlamaDecoderWrapper), None, batch, None,
+        Sampler(max_length=6),
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        policy["decoder_target_tokens"], [[5, 6, 0, 7, 1, 0], [5, 0, 0, 8, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        policy["decoder_loss_weights"], [[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]]
+    )
+    np.testing.assert_array_equal(policy["decoder_segment_ids"], [[1] * 5 + [0], [1] * 6])
+    np.testing.assert_array_equal(policy["decoder_positions"], [[0, 1, 2, 3, 4, 0], list(range(6))])
+    np.testing.assert_array_equal(info["lengths"], [3, 5])
     np.testing.assert_array_equal(info["ended"], [True, False])
 
 

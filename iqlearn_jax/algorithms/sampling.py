@@ -13,9 +13,11 @@ parameters (gradients stopped) and returns a batch with the same features as the
 
 A sample that ends in EOS is complete (the losses treat EOS as terminal: V(s') = 0). A sample that reaches the
 length limit without EOS is truncated: its last token is followed by a weight-0 position, so the losses mask its
-TD term (V(s') unknown), exactly as for a truncated expert target. A sampled PAD (id 0) ends the sample *before* it
-(the networks read id 0 as padding in their attention masks); it counts as truncated. Positions after the end are
-padding (token 0, weight 0).
+TD term (V(s') unknown), exactly as for a truncated expert target. For networks that read id 0 as padding (T5, T5X
+decoder-only: `ZERO_IS_PADDING`, the default) a sampled 0 ends the sample *before* it and counts as truncated; for the
+Llama family id 0 is a real token (SmolLM2's `<|endoftext|>`, Llama 3's "!") and is kept. Positions after the end are
+padding (token 0, weight 0); when the expert batch marks padding by `decoder_segment_ids` (HF vocabularies), the
+policy batch gets segment ids 1 on prompt and sample, 0 after, and positions 0, 1, … on them.
 
 Shapes: all [batch, length] with the expert batch's batch size and length; lengths/ended: [batch].
 """
@@ -95,12 +97,20 @@ def _is_decoder_only(model: Any) -> bool:
     return "encoder_input_tokens" not in getattr(model, "_REQUIRED", ())
 
 
-def _sample_mask(sample: Array, eos_id: int) -> tuple[Array, Array, Array]:
+def _zero_is_padding(model: Any) -> bool:
+    """Whether the model's network reads token id 0 as padding (module attribute ZERO_IS_PADDING, default True)."""
+    return bool(getattr(getattr(model, "module", None), "ZERO_IS_PADDING", True))
+
+
+def _sample_mask(
+    sample: Array, eos_id: int, zero_is_padding: bool = True
+) -> tuple[Array, Array, Array]:
     """(valid [b, l] bool, lengths [b] int32, ended [b] bool) of left-aligned samples 0-padded after their end."""
     is_eos = sample == eos_id
     eos_before = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0
-    pad_at_or_before = jnp.cumsum(sample == 0, axis=1) > 0
-    valid = ~eos_before & ~pad_at_or_before
+    valid = ~eos_before
+    if zero_is_padding:
+        valid &= ~(jnp.cumsum(sample == 0, axis=1) > 0)
     lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
     ended = jnp.any(is_eos & valid, axis=1)
     return valid, lengths, ended
@@ -130,11 +140,12 @@ def sample_policy_batch(
     )
     sampling_model = model.with_decode_fn(decode_fn)
     eos_id = model.eos_id
+    zero_is_padding = _zero_is_padding(model)
     if not _is_decoder_only(model):
         features = {k: batch[k] for k in ("encoder_input_tokens", "decoder_input_tokens")}
         sample, _ = sampling_model.predict_batch_with_aux(params, features, rng=rng)
         sample = jax.lax.stop_gradient(sample.astype(jnp.int32))
-        valid, lengths, ended = _sample_mask(sample, eos_id)
+        valid, lengths, ended = _sample_mask(sample, eos_id, zero_is_padding)
         targets = jnp.where(valid, sample, 0)
         policy = {
             "encoder_input_tokens": batch["encoder_input_tokens"],
@@ -150,7 +161,7 @@ def sample_policy_batch(
     features = {k: batch[k] for k in keys}
     continuation, _ = sampling_model.predict_batch_with_aux(params, features, rng=rng)
     continuation = jax.lax.stop_gradient(continuation.astype(jnp.int32))
-    valid, _, _ = _sample_mask(continuation, eos_id)
+    valid, _, _ = _sample_mask(continuation, eos_id, zero_is_padding)
     continuation = jnp.where(valid, continuation, 0)
     length = continuation.shape[1]
     prompt_len = model._prompt_lengths(batch)  # [b]: prompt tokens at target positions 0 .. P-1
@@ -169,6 +180,10 @@ def sample_policy_batch(
     }
     if "decoder_causal_attention" in batch:
         policy["decoder_causal_attention"] = batch["decoder_causal_attention"]
+    if "decoder_segment_ids" in batch:
+        real = (in_prompt | in_sample).astype(jnp.int32)
+        policy["decoder_segment_ids"] = real
+        policy["decoder_positions"] = (positions * real).astype(jnp.int32)
     lengths = jnp.sum(in_sample, axis=1).astype(jnp.int32)
     ended = jnp.any(in_sample & (targets == eos_id), axis=1)
     return policy, {"lengths": lengths, "ended": ended}

@@ -531,6 +531,8 @@ class LlamaDecoderWrapper(nn.Module):
     """
 
     config: LlamaConfig
+    # Token id 0 is a real token here (policy sampling reads this: a sampled 0 does not end a sample).
+    ZERO_IS_PADDING = False
 
     def setup(self):
         self.decoder = LlamaDecoder(self.config, name="decoder")

@@ -19,10 +19,13 @@ so neither direction ever holds more than [batch, length, chunk] of logits. The 
 per-token formulas as the unchunked path: `losses.token_terms` dispatches to `ChunkedLogits.token_terms`.
 
 Chunk layout. With V vocabulary rows and chunk size C, there are n = ⌈V / C⌉ chunks of c = ⌈V / n⌉ ≤ C columns;
-the weight is zero-padded to c·n rows when c·n > V (padded columns are masked like padded vocabulary rows). Chunk k
-holds the *strided* rows {i·n + k : 0 ≤ i < c}: reshaping the vocabulary axis to [c, n] keeps c major, so a weight
-whose vocabulary axis is sharded over the mesh axis 'model' stays sharded inside every chunk (each device computes
-its slice of every chunk; chunk logits are constrained to the logical axes ('batch', 'length', 'vocab')).
+the weight is zero-padded to c·n rows when c·n > V (padded columns are masked like padded vocabulary rows). When the
+vocabulary is not sharded (the current mesh and rules map 'vocab' to no mesh axis of size > 1, e.g. data-parallel
+runs), chunk k holds the *contiguous* rows {k·c + i : 0 ≤ i < c}: the vocabulary axis is reshaped to [n, c] and
+chunks are dynamic slices of the weight as it is laid out, so neither pass copies the weight. When the vocabulary is
+sharded over 'model', chunk k holds the *strided* rows {i·n + k : 0 ≤ i < c}: reshaping to [c, n] keeps c major, so
+the weight stays sharded inside every chunk (each device computes its slice of every chunk) at the price of a
+strided gather per chunk. Chunk logits are constrained to the logical axes ('batch', 'length', 'vocab').
 
 Shapes: hidden [batch, length, embed]; weight [embed, vocab] (a `logits_dense` kernel, vocab_axis=1) or
 [vocab, embed] (a tied embedding, vocab_axis=0); statistics [batch, length] in float32 (float64 for float64 inputs).
@@ -149,22 +152,46 @@ def chunk_layout(vocab: int, chunk_size: int) -> tuple[int, int]:
     return num_chunks, -(-vocab // num_chunks)
 
 
-def _strided_weight(head: OutputHead, num_chunks: int, cols: int) -> Array:
-    """The weight with its vocabulary axis padded to cols·num_chunks and split into [cols, num_chunks]."""
+def vocab_shards() -> int:
+    """Devices the logical 'vocab' axis is split over under the current mesh and axis rules (1 outside a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return 1
+    axes = dict(nn_partitioning.get_axis_rules()).get("vocab")
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    return int(np.prod([mesh.shape[a] for a in axes if a in mesh.shape]))
+
+
+def _chunk_axis(vocab_axis: int, strided: bool) -> int:
+    """The axis of the 3-D chunked weight that indexes chunks (see `_chunked_weight`)."""
+    if vocab_axis == 1:
+        return 2 if strided else 1
+    return 1 if strided else 0
+
+
+def _chunked_weight(head: OutputHead, num_chunks: int, cols: int, strided: bool) -> Array:
+    """The weight with its vocabulary axis padded to cols·num_chunks and split into chunks.
+
+    Kernel [embed, vocab] -> [embed, c, n] (strided) or [embed, n, c] (contiguous); embedding [vocab, embed] ->
+    [c, n, embed] or [n, c, embed]. Both are reshapes of the (padded) weight, no transposes.
+    """
     w = head.weight.astype(head.compute_dtype)
     pad = cols * num_chunks - head.vocab_size
+    split = (cols, num_chunks) if strided else (num_chunks, cols)
     if head.vocab_axis == 1:
         if pad:
             w = jnp.pad(w, ((0, 0), (0, pad)))
-        return w.reshape(w.shape[0], cols, num_chunks)
+        return w.reshape(w.shape[0], *split)
     if pad:
         w = jnp.pad(w, ((0, pad), (0, 0)))
-    return w.reshape(cols, num_chunks, w.shape[1])
+    return w.reshape(*split, w.shape[1])
 
 
-def _chunk_weight(w3: Array, k: Array, vocab_axis: int) -> Array:
-    """Chunk k of the strided weight: [embed, c] (kernel) or [c, embed] (embedding)."""
-    return lax.dynamic_index_in_dim(w3, k, axis=2 if vocab_axis == 1 else 1, keepdims=False)
+def _chunk_weight(w3: Array, k: Array, vocab_axis: int, strided: bool) -> Array:
+    """Chunk k of the chunked weight: [embed, c] (kernel) or [c, embed] (embedding)."""
+    return lax.dynamic_index_in_dim(w3, k, axis=_chunk_axis(vocab_axis, strided), keepdims=False)
 
 
 def _chunk_logits(hidden: Array, wk: Array, vocab_axis: int, scale: float) -> Array:
@@ -185,30 +212,37 @@ def chunked_statistics(
     ≥ valid_vocab_size are excluded from every statistic; a target in them gets q = MASKED_LOGIT.
     """
     num_chunks, cols = chunk_layout(head.vocab_size, chunk_size)
+    strided = vocab_shards() > 1
     fn = _make_statistics_fn(
-        num_chunks, cols, head.vocab_size, valid_vocab_size, head.vocab_axis, head.logit_scale
-    )
+        num_chunks, cols, head.vocab_size, valid_vocab_size, head.vocab_axis, head.logit_scale,
+        strided,
+    )  # fmt: skip
     value, q, entropy, logit_sum, correct = fn(head.hidden, head.weight, targets.astype(jnp.int32))
     return {"value": value, "q": q, "entropy": entropy, "logit_sum": logit_sum, "correct": correct}
 
 
-def _make_statistics_fn(num_chunks, cols, vocab, valid, vocab_axis, scale):
+def _make_statistics_fn(num_chunks, cols, vocab, valid, vocab_axis, scale, strided):
     """The custom-VJP function (hidden, weight, targets) -> (value, q, entropy, logit_sum, correct)."""
+    chunk_axis = _chunk_axis(vocab_axis, strided)
 
     def columns(k: Array) -> tuple[Array, Array]:
-        index = jnp.arange(cols, dtype=jnp.int32) * num_chunks + k.astype(jnp.int32)
+        i, k = jnp.arange(cols, dtype=jnp.int32), k.astype(jnp.int32)
+        index = i * num_chunks + k if strided else k * cols + i
         return index, index < valid
+
+    def chunked_weight(hidden: Array, weight: Array) -> Array:
+        return _chunked_weight(OutputHead(hidden, weight, vocab_axis, scale), num_chunks, cols, strided)
 
     def forward(hidden: Array, weight: Array, targets: Array):
         dtype = jnp.result_type(hidden.dtype, weight.dtype, jnp.float32)
         h = hidden.astype(dtype)
-        w3 = _strided_weight(OutputHead(hidden, weight, vocab_axis, scale), num_chunks, cols)
+        w3 = chunked_weight(hidden, weight)
         shape = targets.shape
         floor = jnp.finfo(dtype).min  # finite stand-in for the max of nothing: keeps 0·(m − m') = 0
 
         def body(carry, k):
             m, s, t, best, q, total = carry
-            z = _chunk_logits(h, _chunk_weight(w3, k, vocab_axis), vocab_axis, scale)
+            z = _chunk_logits(h, _chunk_weight(w3, k, vocab_axis, strided), vocab_axis, scale)
             index, ok = columns(k)
             zm = jnp.where(ok, z, -jnp.inf)
             m_k = jnp.max(zm, axis=-1)
@@ -254,12 +288,12 @@ def _make_statistics_fn(num_chunks, cols, vocab, valid, vocab_axis, scale):
         g_value, g_q, g_entropy, g_sum, _ = cotangents
         dtype = value.dtype
         h = hidden.astype(dtype)
-        w3 = _strided_weight(OutputHead(hidden, weight, vocab_axis, scale), num_chunks, cols)
+        w3 = chunked_weight(hidden, weight)
         target_ok = (targets < valid)[..., None]
 
         def body(carry, k):
             dh, dw3 = carry
-            wk = _chunk_weight(w3, k, vocab_axis)
+            wk = _chunk_weight(w3, k, vocab_axis, strided)
             z = _chunk_logits(h, wk, vocab_axis, scale)
             index, ok = columns(k)
             centred = z - value[..., None]
@@ -276,15 +310,15 @@ def _make_statistics_fn(num_chunks, cols, vocab, valid, vocab_axis, scale):
             else:  # wk [c, embed]
                 dh = dh + lax.dot_general(dz, wk, (((2,), (0,)), ((), ())))
                 dwk = lax.dot_general(dz, h, (((0, 1), (0, 1)), ((), ())))  # [c, embed]
-            axis = 2 if vocab_axis == 1 else 1  # written in place into the strided gradient
-            dw3 = lax.dynamic_update_index_in_dim(dw3, dwk.astype(dw3.dtype), k, axis)
+            # written in place into the chunked gradient
+            dw3 = lax.dynamic_update_index_in_dim(dw3, dwk.astype(dw3.dtype), k, chunk_axis)
             return (dh, dw3), None
 
         init = (jnp.zeros(h.shape, dtype), jnp.zeros(w3.shape, dtype))
         (dh, dw3), _ = lax.scan(body, init, jnp.arange(num_chunks))
-        if vocab_axis == 1:  # [embed, c, n] -> [embed, c·n] (a reshape, no copy) -> unpadded
+        if vocab_axis == 1:  # [embed, c, n] or [embed, n, c] -> [embed, c·n] (a reshape) -> unpadded
             dw = dw3.reshape(weight.shape[0], cols * num_chunks)[:, :vocab]
-        else:  # [c, n, embed] -> [c·n, embed]
+        else:  # [c, n, embed] or [n, c, embed] -> [c·n, embed]
             dw = dw3.reshape(cols * num_chunks, weight.shape[1])[:vocab]
         return dh.astype(hidden.dtype), dw.astype(weight.dtype), None
 

@@ -150,6 +150,27 @@ def test_chunk_layout_and_bad_chunk_size():
         chunked_loss.ChunkedLogits(head, 2).token_terms(jnp.zeros((1, 2), jnp.int32), 6)
 
 
+def test_layout_follows_vocabulary_sharding():
+    # Contiguous chunks (no weight copy) unless the mesh splits 'vocab'; the mesh tests above and below run the
+    # strided layout, the model tests below (no mesh) the contiguous one, both against the full logits.
+    assert chunked_loss.vocab_shards() == 1
+    for mesh, shards in (((8, 1), 1), ((2, 4), 4)):
+        with Partitioner(mesh_shape=mesh, devices=jax.devices()[:8]).activation_context():
+            assert chunked_loss.vocab_shards() == shards, mesh
+    rng = np.random.default_rng(1)
+    head = chunked_loss.OutputHead(
+        jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32),
+        jnp.asarray(rng.normal(size=(4, 11)), jnp.float32),
+    )
+    for strided in (False, True):
+        w3 = chunked_loss._chunked_weight(head, 3, 4, strided)  # 11 rows padded to 12
+        for k in range(3):
+            cols = np.arange(4) * 3 + k if strided else k * 4 + np.arange(4)
+            expect = np.pad(np.asarray(head.weight), ((0, 0), (0, 1)))[:, cols]
+            got = chunked_loss._chunk_weight(w3, jnp.asarray(k), 1, strided)
+            np.testing.assert_array_equal(got, expect)
+
+
 # ---- through the networks and model classes -------------------------------------------------------------------
 def _t5(tied, vocab):
     return Transformer(

@@ -210,9 +210,10 @@ def test_alpha_zero_online_equals_offline_bit_for_bit(tmp_path):
 
 
 # ---- meshes, GAIL discriminator and KL schedule ---------------------------------------------------------------
-def _run_steps(algorithm, partitioner, n_steps, batch, model, lr=1e-3, initial=None):
-    # eps 1e-3: Adam's sign-like first steps would turn 1e-8 gradient differences between meshes into lr-size ones
-    optimizer = optimizers.adamw(lr, eps=1e-3, clip_norm=None)
+def _run_steps(algorithm, partitioner, n_steps, batch, model, lr=1e-3, eps=1e-3):
+    # eps 1e-3 (mesh tests): Adam's sign-like first steps would turn 1e-8 gradient differences between meshes into
+    # lr-size ones
+    optimizer = optimizers.adamw(lr, eps=eps, clip_norm=None)
     shapes = trainer.model_feature_shapes(model, {"inputs": IN_LEN, "targets": OUT_LEN}, BATCH)
     algorithm = algorithm.bind(model, {"inputs": IN_LEN, "targets": OUT_LEN})
     _, shardings = trainer.abstract_train_state(model, optimizer, partitioner, shapes, 0, algorithm)
@@ -226,42 +227,25 @@ def _run_steps(algorithm, partitioner, n_steps, batch, model, lr=1e-3, initial=N
     return history, snapshots
 
 
+def _gail(**kw):
+    return GAIL(kl_weight=0.1, kl_initial_weight=1.0, kl_anneal_steps=10,
+                require_initial_checkpoint=False, **kw)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "algorithm",
-    [
-        OnlineIQLearn(alpha=0.5, sampler=Sampler(temperature=1.0)),
-        GAIL(
-            kl_weight=0.1,
-            kl_initial_weight=1.0,
-            kl_anneal_steps=10,
-            require_initial_checkpoint=False,
-        ),  # fmt: skip
-    ],
+    [OnlineIQLearn(alpha=0.5, sampler=Sampler(temperature=1.0)), _gail()],
     ids=["online_iqlearn", "gail"],
 )
 def test_meshes_equal_one_device(algorithm):
     model, batch = tiny_model(), structured_batch()
-    gail = isinstance(algorithm, GAIL)
     one = Partitioner(devices=jax.devices()[:1])
-    history, snapshots = _run_steps(algorithm, one, 12 if gail else 2, batch, model, lr=3e-3)
+    history, snapshots = _run_steps(algorithm, one, 2, batch, model, lr=3e-3)
     for h in history:
         assert np.isfinite(h["loss"]) and np.isfinite(h["grad_norm"])
-    if gail:
-        for s, h in enumerate(history):  # linear from 1.0 to 0.1 over 10 steps, then constant
-            np.testing.assert_allclose(
-                h["kl_weight"], 1.0 + (0.1 - 1.0) * min(s / 10, 1.0), rtol=1e-6
-            )
+    if isinstance(algorithm, GAIL):
         for name in ("policy", "value", "discriminator"):
             assert history[0][f"{name}_grad_norm"] > 0 and f"{name}_loss" in history[0]
-        # Random-init policy samples ~uniform tokens; the discriminator learns to tell the structured expert.
-        # Measured (single device, this seed): 0.30 at step 1, 0.52/0.52/0.60 at steps 10-12 (Adam eps 1e-3 slows
-        # it); "well above chance" needs more steps / a larger lr (not tuned yet).
-        first = history[0]["discriminator_accuracy"]
-        last = np.mean([h["discriminator_accuracy"] for h in history[-3:]])
-        assert first < 0.75 and last > 0.5 and last > first + 0.15, history
-        ref0 = jax.tree.leaves(snapshots[0]["reference"])
-        for a, b in zip(ref0, jax.tree.leaves(snapshots[-1]["reference"]), strict=True):
-            np.testing.assert_array_equal(a, b)  # frozen
     else:
         assert history[0]["policy_td_term"] > 0 and history[0]["policy_sample_length"] > 0
     for mesh in [(8, 1), (2, 4)]:
@@ -269,6 +253,22 @@ def test_meshes_equal_one_device(algorithm):
         _, snaps = _run_steps(algorithm, sharded, 2, batch, model, lr=3e-3)
         for a, b in zip(jax.tree.leaves(snapshots[1]), jax.tree.leaves(snaps[1]), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=str(mesh))
+
+
+def test_gail_discriminator_separates_expert_and_kl_weight_anneals():
+    # The expert targets count up from the input's first token; the random-init policy samples ~uniform tokens.
+    # Measured on this seed (single device, Adam lr 1e-2): accuracy 0.30 at step 1, 0.83-0.89 at steps 23-25.
+    model, batch = tiny_model(), structured_batch()
+    one = Partitioner(devices=jax.devices()[:1])
+    history, snapshots = _run_steps(_gail(), one, 25, batch, model, lr=1e-2, eps=1e-8)
+    for s, h in enumerate(history):  # linear from 1.0 to 0.1 over 10 steps, then constant
+        np.testing.assert_allclose(h["kl_weight"], 1.0 + (0.1 - 1.0) * min(s / 10, 1.0), rtol=1e-6)
+    first = history[0]["discriminator_accuracy"]
+    last = np.mean([h["discriminator_accuracy"] for h in history[-3:]])
+    assert first < 0.5 and last > 0.75, [round(h["discriminator_accuracy"], 2) for h in history]
+    for a, b in zip(jax.tree.leaves(snapshots[0]["reference"]),
+                    jax.tree.leaves(snapshots[-1]["reference"]), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(a, b)  # the reference policy stays frozen
 
 
 # ---- bad input --------------------------------------------------------------------------------------------------

@@ -34,84 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iqlearn_jax.loss_checks import check_inputs as _check_inputs
+from iqlearn_jax.loss_checks import check_normalizing_factor as _check_normalizing_factor
+from iqlearn_jax.loss_checks import check_range as _check_range
+
 Array = jax.Array
 Metrics = dict[str, Array]
 
-NORMALIZING_FACTOR_NAMES = (
-    "NUM_REAL_TARGET_TOKENS",
-    "NUM_TOTAL_TARGET_TOKENS",
-    "AVERAGE_PER_SEQUENCE",
-)
-
 # Finite stand-in for −∞ on padded vocabulary rows: keeps 0·(masked logit) = 0 in the entropy.
 _MASKED_LOGIT = -1e30
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Argument checking (Python level, before tracing; traced values cannot be range-checked and are let through).
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _concrete_float(value: Any) -> float | None:
-    """Returns `value` as a Python float when it is known at trace time, else None."""
-    if isinstance(value, jax.core.Tracer):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _check_range(
-    name: str, value: Any, low: float, high: float, *, high_inclusive: bool = True
-) -> None:
-    number = _concrete_float(value)
-    if number is None:
-        if not isinstance(value, jax.core.Tracer):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        return
-    upper_ok = number <= high if high_inclusive else number < high
-    if not (low <= number and upper_ok) or np.isnan(number):
-        bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value!r}")
-
-
-def _check_inputs(
-    logits: Array, targets: Array, weights: Array, segment_ids: Array | None, prefix: str = ""
-) -> None:
-    if not jnp.issubdtype(logits.dtype, jnp.floating):
-        raise ValueError(f"{prefix}logits must have a floating dtype, got {logits.dtype}")
-    if logits.ndim != 3:
-        raise ValueError(
-            f"{prefix}logits must have shape [batch, length, vocab], got shape {logits.shape}"
-        )
-    expected = logits.shape[:2]
-    for name, array in (("targets", targets), ("weights", weights), ("segment_ids", segment_ids)):
-        if array is not None and tuple(array.shape) != tuple(expected):
-            raise ValueError(
-                f"{prefix}{name} must have shape [batch, length] = {tuple(expected)} to match logits "
-                f"{tuple(logits.shape)}, got {tuple(array.shape)}"
-            )
-
-
-def _check_normalizing_factor(loss_normalizing_factor: Any) -> None:
-    if loss_normalizing_factor is None:
-        return
-    if isinstance(loss_normalizing_factor, str):
-        if loss_normalizing_factor not in NORMALIZING_FACTOR_NAMES:
-            raise ValueError(
-                f"loss_normalizing_factor must be None, a positive number or one of "
-                f"{NORMALIZING_FACTOR_NAMES}, got {loss_normalizing_factor!r}"
-            )
-        return
-    number = _concrete_float(loss_normalizing_factor)
-    if number is None and not isinstance(loss_normalizing_factor, jax.core.Tracer):
-        raise ValueError(
-            f"loss_normalizing_factor must be None, a positive number or one of "
-            f"{NORMALIZING_FACTOR_NAMES}, got {loss_normalizing_factor!r}"
-        )
-    if number is not None and not number > 0:
-        raise ValueError(f"loss_normalizing_factor must be > 0 when a number, got {number}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -357,6 +288,21 @@ def _td_pieces(
     return terms, rewards, td_mask
 
 
+def _chi2_statistics(
+    rewards: Array, td_mask: Array, weights: Array, token_weights: Array, normalizer: Array
+) -> tuple[Array, Metrics]:
+    """(Σ_t w_t·m_t·r_t² / Z, metrics: td_error_sq, mean_reward, td_fraction, num_tokens) of one batch."""
+    chi2 = _safe_divide(jnp.sum(token_weights * td_mask * jnp.square(rewards)), normalizer)
+    td_weights = weights.astype(jnp.float32) * td_mask
+    real = (weights > 0).astype(jnp.float32)
+    return chi2, {
+        "td_error_sq": _weighted_mean(jnp.square(rewards), td_weights),
+        "mean_reward": _weighted_mean(rewards, td_weights),
+        "td_fraction": _safe_divide(jnp.sum(td_mask), jnp.sum(real)),
+        "num_tokens": jnp.sum(real),
+    }
+
+
 def rewards_from_terms(
     terms: dict[str, Array],
     targets: Array,
@@ -450,20 +396,11 @@ def iqlearn_loss(
         valid_vocab_size=valid_vocab_size,
     )
     token_weights, normalizer = _normalized_weights(weights, segment_ids, loss_normalizing_factor)
-    squared = td_mask * jnp.square(rewards)
+    chi2, td_metrics = _chi2_statistics(rewards, td_mask, weights, token_weights, normalizer)
     mle_term = _safe_divide(jnp.sum(token_weights * -terms["log_prob"]), normalizer)
-    td_term = lam * _safe_divide(jnp.sum(token_weights * squared), normalizer)
+    td_term = lam * chi2
     loss = mle_term + td_term
-
-    td_weights = weights.astype(jnp.float32) * td_mask
-    metrics = {
-        "loss": loss,
-        "mle_term": mle_term,
-        "td_term": td_term,
-        "td_error_sq": _weighted_mean(jnp.square(rewards), td_weights),
-        "mean_reward": _weighted_mean(rewards, td_weights),
-        "td_fraction": _safe_divide(jnp.sum(td_mask), jnp.sum((weights > 0).astype(jnp.float32))),
-    }
+    metrics = {"loss": loss, "mle_term": mle_term, "td_term": td_term, **td_metrics}
     metrics.update(_common_metrics(terms, weights))
     return loss, metrics
 
@@ -502,15 +439,11 @@ def td_regularizer_loss(
         valid_vocab_size=valid_vocab_size,
     )
     token_weights, normalizer = _normalized_weights(weights, segment_ids, loss_normalizing_factor)
-    loss = lam * _safe_divide(jnp.sum(token_weights * td_mask * jnp.square(rewards)), normalizer)
-    td_weights = weights.astype(jnp.float32) * td_mask
-    real = (weights > 0).astype(jnp.float32)
+    chi2, td_metrics = _chi2_statistics(rewards, td_mask, weights, token_weights, normalizer)
+    loss = lam * chi2
     metrics = {
         "loss": loss,
-        "td_error_sq": _weighted_mean(jnp.square(rewards), td_weights),
-        "mean_reward": _weighted_mean(rewards, td_weights),
-        "td_fraction": _safe_divide(jnp.sum(td_mask), jnp.sum(real)),
-        "num_tokens": jnp.sum(real),
+        **td_metrics,
         "mean_value": _weighted_mean(terms["value"], weights.astype(jnp.float32)),
     }
     return loss, metrics
@@ -590,19 +523,17 @@ def online_iqlearn_loss(
     token_weights, normalizer = _normalized_weights(
         policy_weights, policy_segment_ids, loss_normalizing_factor
     )
-    policy_chi2 = _safe_divide(jnp.sum(token_weights * td_mask * jnp.square(rewards)), normalizer)
+    policy_chi2, policy = _chi2_statistics(
+        rewards, td_mask, policy_weights, token_weights, normalizer
+    )
     policy_td_term = (lam * alpha / (1.0 - alpha)) * policy_chi2
     loss = expert_loss + policy_td_term
-
-    policy_td_weights = policy_weights.astype(jnp.float32) * td_mask
     metrics = dict(metrics)
     metrics.update(
         {
             "loss": loss,
             "policy_td_term": policy_td_term,
-            "policy_td_error_sq": _weighted_mean(jnp.square(rewards), policy_td_weights),
-            "policy_mean_reward": _weighted_mean(rewards, policy_td_weights),
-            "policy_num_tokens": jnp.sum((policy_weights > 0).astype(jnp.float32)),
+            **{f"policy_{k}": policy[k] for k in ("td_error_sq", "mean_reward", "num_tokens")},
         }
     )
     return loss, metrics

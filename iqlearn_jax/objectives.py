@@ -20,7 +20,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from iqlearn_jax import losses
+from iqlearn_jax import loss_checks, losses
 
 Array = jax.Array
 ObjectiveFn = Callable[..., tuple[Array, dict[str, Array]]]
@@ -84,12 +84,12 @@ class Objective:
             raise ValueError(
                 f"Objective.name must be one of {registered_objectives()}, got {self.name!r}"
             )
-        losses._check_range("lam", self.lam, 0.0, float("inf"))
-        losses._check_range("gamma", self.gamma, 0.0, 1.0)
-        losses._check_range("beta", self.beta, 0.0, float("inf"))
-        losses._check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False)
-        losses._check_range("z_loss", self.z_loss, 0.0, float("inf"))
-        losses._check_normalizing_factor(self.loss_normalizing_factor)
+        loss_checks.check_range("lam", self.lam, 0.0, float("inf"))
+        loss_checks.check_range("gamma", self.gamma, 0.0, 1.0)
+        loss_checks.check_range("beta", self.beta, 0.0, float("inf"))
+        loss_checks.check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False)
+        loss_checks.check_range("z_loss", self.z_loss, 0.0, float("inf"))
+        loss_checks.check_normalizing_factor(self.loss_normalizing_factor)
         if self.z_loss > 0 and self.lam > 0:
             raise ValueError(
                 f"z_loss={self.z_loss} cannot be combined with lam={self.lam}: z-loss penalises V(s)², the "

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from iqlearn_jax import losses
+from iqlearn_jax import loss_checks, losses
 from iqlearn_jax.algorithms.base import (
     POLICY_DROPOUT_STREAM,
     SAMPLING_STREAM,
@@ -214,7 +214,7 @@ def losses_range_check(
     from iqlearn_jax.gin_utils import ConfigError
 
     try:
-        losses._check_range(name, value, low, high, high_inclusive=high_inclusive)
+        loss_checks.check_range(name, value, low, high, high_inclusive=high_inclusive)
     except ValueError as e:
         raise ConfigError(str(e)) from e
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from iqlearn_jax.checkpoints.hf_t5 import load_hf_tensors
+from iqlearn_jax.checkpoints.hf_t5 import load_hf_tensors, rename_hf_tensors
 from iqlearn_jax.networks.llama import LlamaConfig, LlamaDecoderWrapper
 
 HF_CLASSES = {
@@ -271,20 +271,7 @@ def import_hf_decoder(path: str, dtype: str = "float32") -> tuple[LlamaConfig, d
         raise ValueError(
             f"{path}: config says tie_word_embeddings=false but the checkpoint has no lm_head.weight."
         )
-    flat, missing = {}, []
-    for ours, (hf_name, transpose) in hf_name_map(config).items():
-        if hf_name not in tensors:
-            missing.append(f"{hf_name} (for {ours})")
-            continue
-        arr = np.asarray(tensors[hf_name], dtype=np.float32)
-        flat[ours] = np.ascontiguousarray(arr.T if transpose else arr)
-    if missing:
-        raise ValueError(
-            f"Hugging Face checkpoint {path} lacks tensors required by its config: "
-            + ", ".join(missing[:10])
-            + (f" ... and {len(missing) - 10} more" if len(missing) > 10 else "")
-        )
-    params = unflatten(flat)
+    params = unflatten(rename_hf_tensors(tensors, hf_name_map(config), path))
     validate_params(config, params, source=f"Hugging Face checkpoint {path}")
     return config, params
 

@@ -221,6 +221,29 @@ def _weight_files(path: str) -> list[str]:
     )
 
 
+def rename_hf_tensors(
+    tensors: dict[str, np.ndarray], name_map: dict[str, tuple[str, bool]], path: str
+) -> dict[str, np.ndarray]:
+    """{our flat name: float32 array} from Hugging Face tensors, by `name_map` {ours: (hf name, transpose)}.
+
+    Raises ValueError naming (up to 10 of) the Hugging Face tensors the map needs and `path` lacks.
+    """
+    flat, missing = {}, []
+    for ours, (hf_name, transpose) in name_map.items():
+        if hf_name not in tensors:
+            missing.append(f"{hf_name} (for {ours})")
+            continue
+        arr = np.asarray(tensors[hf_name], dtype=np.float32)
+        flat[ours] = np.ascontiguousarray(arr.T if transpose else arr)
+    if missing:
+        raise ValueError(
+            f"Hugging Face checkpoint {path} lacks tensors required by its config: "
+            + ", ".join(missing[:10])
+            + (f" ... and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
+    return flat
+
+
 def load_hf_tensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of a Hugging Face checkpoint directory, by HF name."""
     tensors: dict[str, np.ndarray] = {}
@@ -285,21 +308,7 @@ def import_hf_t5(path: str, dtype: str = "float32") -> tuple[T5Config, dict]:
     config, lm_head = _resolve_output_layer(config, hf_config, tensors)
     if lm_head is not None:
         tensors["lm_head.weight"] = lm_head
-    flat = {}
-    missing = []
-    for ours, (hf_name, transpose) in hf_name_map(config).items():
-        if hf_name not in tensors:
-            missing.append(f"{hf_name} (for {ours})")
-            continue
-        arr = np.asarray(tensors[hf_name], dtype=np.float32)
-        flat[ours] = np.ascontiguousarray(arr.T if transpose else arr)
-    if missing:
-        raise ValueError(
-            f"Hugging Face checkpoint {path} lacks tensors required by its config: "
-            + ", ".join(missing[:10])
-            + (f" ... and {len(missing) - 10} more" if len(missing) > 10 else "")
-        )
-    params = unflatten_params(flat)
+    params = unflatten_params(rename_hf_tensors(tensors, hf_name_map(config), path))
     validate_params(config, params, source=f"Hugging Face checkpoint {path}")
     return config, params
 

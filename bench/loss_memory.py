@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
+from step_time import make_batch  # bench/ is sys.path[0] when a bench script runs
 
 from iqlearn_jax import optimizers, trainer
 from iqlearn_jax.models import EncoderDecoderModel
@@ -42,26 +42,6 @@ T5_1_1_SMALL = dict(
     emb_dim=512, num_heads=6, num_encoder_layers=2, num_decoder_layers=2, head_dim=64, mlp_dim=1024,
     mlp_activations=("gelu", "linear"), logits_via_embedding=False, dropout_rate=0.1,
 )  # fmt: skip
-
-
-def make_batch(
-    batch: int, inputs: int, targets: int, vocab: int, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Random tokens with EOS and padding at random lengths (75–100% of each length)."""
-    rs = np.random.RandomState(seed)
-    enc = rs.randint(2, vocab, size=(batch, inputs)).astype(np.int32)
-    tgt = rs.randint(2, vocab, size=(batch, targets)).astype(np.int32)
-    for row in range(batch):
-        n = rs.randint(int(0.75 * targets), targets + 1)
-        tgt[row, n - 1], tgt[row, n:] = 1, 0
-        enc[row, rs.randint(int(0.75 * inputs), inputs + 1) :] = 0
-    dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-    return {
-        "encoder_input_tokens": enc,
-        "decoder_input_tokens": dec_in,
-        "decoder_target_tokens": tgt,
-        "decoder_loss_weights": (tgt > 0).astype(np.int32),
-    }
 
 
 def build(vocab: int, chunk: int | None, dtype: str, lam: float) -> EncoderDecoderModel:

@@ -27,6 +27,38 @@ def constrain_embed(x: Array) -> Array:
     return layers.with_sharding_constraint(x, ("batch", "length", "embed"))
 
 
+def check_decoder_call(decoder_input_tokens: Array, prefill: bool, prefill_lengths: Any) -> None:
+    """Decoder-only call checks shared by decoder.py and llama.py: [batch, length] ids, no in-module prefill."""
+    if decoder_input_tokens.ndim != 2:
+        raise ValueError(
+            f"decoder_input_tokens must be [batch, length], got shape {decoder_input_tokens.shape}."
+        )
+    if prefill or prefill_lengths is not None:
+        raise ValueError(
+            "prefill=True is not supported inside the module (its cache has one scalar index); use "
+            "iqlearn_jax.networks.decoder.prefill_cache, which models.DecoderOnlyModel calls."
+        )
+
+
+def embed_tokens(
+    cfg: Any, tokens: Array, deterministic: bool, dtype: Any
+) -> tuple[layers.Embed, Array]:
+    """(the `token_embedder` module, embedded + dropped-out tokens [batch, length, embed] in `dtype`).
+
+    Must be called inside a compact `__call__`; the embedder is returned for a tied output head.
+    """
+    embedder = layers.Embed(
+        num_embeddings=cfg.vocab_size,
+        features=cfg.emb_dim,
+        dtype=dtype,
+        attend_dtype=jnp.float32,
+        embedding_init=nn.initializers.normal(stddev=1.0),
+        name="token_embedder",
+    )
+    y = embedder(tokens.astype(jnp.int32))
+    return embedder, dropout(cfg, y, deterministic).astype(dtype)
+
+
 def dropout(cfg: Any, x: Array, deterministic: bool, broadcast: bool = True) -> Array:
     """Dropout at cfg.dropout_rate; `broadcast` shares the mask along the length axis (T5's convention)."""
     dims = (-2,) if broadcast else ()
@@ -128,7 +160,9 @@ def output_logits(
         return output_head(y, cfg.vocab_size, embedder if tied else None, scale)
     if cfg.logits_via_embedding:
         logits = embedder.attend(y)
-        if getattr(cfg, "scale_tied_logits", True):  # T5.1.0 scales; Llama-family (LlamaConfig) does not
+        if getattr(
+            cfg, "scale_tied_logits", True
+        ):  # T5.1.0 scales; Llama-family (LlamaConfig) does not
             logits = logits / jnp.sqrt(jnp.float32(y.shape[-1]))
     else:
         logits = layers.DenseGeneral(

@@ -155,15 +155,7 @@ class Decoder(nn.Module):
         cfg = self.config
         dtype = cfg.activation_dtype
         deterministic = not enable_dropout
-        if decoder_input_tokens.ndim != 2:
-            raise ValueError(
-                f"decoder_input_tokens must be [batch, length], got shape {decoder_input_tokens.shape}."
-            )
-        if prefill or prefill_lengths is not None:
-            raise ValueError(
-                "prefill=True is not supported inside the module (its cache has one scalar index); use "
-                "iqlearn_jax.networks.decoder.prefill_cache, which models.DecoderOnlyModel calls."
-            )
+        blocks.check_decoder_call(decoder_input_tokens, prefill, prefill_lengths)
         batch, length = decoder_input_tokens.shape
         mask = None
         if decode:
@@ -198,16 +190,7 @@ class Decoder(nn.Module):
         )
         bias = rel_emb(bias_length, bias_length, False)
 
-        embedder = layers.Embed(
-            num_embeddings=cfg.vocab_size,
-            features=cfg.emb_dim,
-            dtype=dtype,
-            attend_dtype=jnp.float32,
-            embedding_init=nn.initializers.normal(stddev=1.0),
-            name="token_embedder",
-        )
-        y = embedder(decoder_input_tokens.astype(jnp.int32))
-        y = blocks.dropout(cfg, y, deterministic).astype(dtype)
+        embedder, y = blocks.embed_tokens(cfg, decoder_input_tokens, deterministic, dtype)
         for i in range(cfg.num_layers):
             y = DecoderLayer(cfg, name=f"layers_{i}")(
                 y, mask, bias, deterministic=deterministic, decode=decode

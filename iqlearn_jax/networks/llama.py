@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from iqlearn_jax.networks import blocks, layers, masks
+from iqlearn_jax.networks import blocks, decoder, layers, masks
 from iqlearn_jax.networks.layers import MASK_VALUE, param_with_axes, with_sharding_constraint
 from iqlearn_jax.networks.t5 import resolve_dtype
 
@@ -473,15 +473,7 @@ class LlamaDecoder(nn.Module):
         cfg = self.config
         dtype = cfg.activation_dtype
         deterministic = not enable_dropout
-        if decoder_input_tokens.ndim != 2:
-            raise ValueError(
-                f"decoder_input_tokens must be [batch, length], got shape {decoder_input_tokens.shape}."
-            )
-        if prefill or prefill_lengths is not None:
-            raise ValueError(
-                "prefill=True is not supported inside the module; use "
-                "iqlearn_jax.networks.decoder.prefill_cache, which models.DecoderOnlyModel calls."
-            )
+        blocks.check_decoder_call(decoder_input_tokens, prefill, prefill_lengths)
         batch, length = decoder_input_tokens.shape
         positions = decoder_positions
         if positions is None:
@@ -503,16 +495,7 @@ class LlamaDecoder(nn.Module):
                 decoder_causal_attention,
                 cfg.sliding_window,
             )
-        embedder = layers.Embed(
-            num_embeddings=cfg.vocab_size,
-            features=cfg.emb_dim,
-            dtype=dtype,
-            attend_dtype=jnp.float32,
-            embedding_init=nn.initializers.normal(stddev=1.0),
-            name="token_embedder",
-        )
-        y = embedder(decoder_input_tokens.astype(jnp.int32))
-        y = blocks.dropout(cfg, y, deterministic).astype(dtype)
+        embedder, y = blocks.embed_tokens(cfg, decoder_input_tokens, deterministic, dtype)
         for i in range(cfg.num_layers):
             y = LlamaLayer(cfg, name=f"layers_{i}")(
                 y, mask, positions, deterministic=deterministic, decode=decode
@@ -522,12 +505,13 @@ class LlamaDecoder(nn.Module):
         )
 
 
-class LlamaDecoderWrapper(nn.Module):
+class LlamaDecoderWrapper(decoder.DecoderWrapper):
     """Llama-family causal LM with decoder.DecoderWrapper's call signature; parameters live under `decoder/`.
 
     `module.apply({'params': p}, decoder_input_tokens=x, decoder_target_tokens=y, enable_dropout=False)` gives
     float32 logits [batch, length, vocab]; position t predicts token t+1 of `x` (as Hugging Face).
-    `decoder_target_tokens` is accepted for the common signature and not used (no padding from token ids).
+    `decoder_target_tokens` is accepted for the common signature and not used (no padding from token ids);
+    `decoder_positions` drive RoPE (default 0..length-1).
     """
 
     config: LlamaConfig
@@ -536,37 +520,6 @@ class LlamaDecoderWrapper(nn.Module):
 
     def setup(self):
         self.decoder = LlamaDecoder(self.config, name="decoder")
-
-    def __call__(
-        self,
-        decoder_input_tokens: Array,
-        decoder_target_tokens: Array | None = None,
-        decoder_segment_ids: Array | None = None,
-        decoder_positions: Array | None = None,
-        decoder_causal_attention: Array | None = None,
-        *,
-        enable_dropout: bool = True,
-        decode: bool = False,
-        max_decode_length: int | None = None,
-        prefill: bool = False,
-        prefill_lengths: Array | None = None,
-        return_hidden: bool = False,
-    ) -> Array:
-        """Logits [batch, length, vocab]; arguments as decoder.DecoderWrapper (`return_hidden`: a
-        chunked_loss.OutputHead instead of logits, for the vocabulary-chunked loss)."""
-        return self.decoder(
-            decoder_input_tokens,
-            decoder_target_tokens,
-            decoder_segment_ids,
-            decoder_positions,
-            decoder_causal_attention,
-            enable_dropout=enable_dropout,
-            decode=decode,
-            max_decode_length=max_decode_length,
-            prefill=prefill,
-            prefill_lengths=prefill_lengths,
-            return_hidden=return_hidden,
-        )
 
 
 gin.external_configurable(LlamaDecoderWrapper, module="iqlearn_jax.networks.llama")

@@ -99,7 +99,7 @@ def load_params(
 ) -> tuple[Any, dict]:
     """Params from ``checkpoint_path`` (this project's MODEL_DIR or step dir, a T5X or a Hugging Face T5 dir),
     checked against the model, on the first device. Returns (params, {"step", "meta"})."""
-    from iqlearn_jax.checkpoints import manager
+    from iqlearn_jax.checkpoints import initial
     from iqlearn_jax.trainer import model_feature_shapes
 
     path = pathlib.Path(checkpoint_path)
@@ -112,7 +112,7 @@ def load_params(
         lambda: model.get_initial_variables(jax.random.PRNGKey(0), input_shapes, input_types)
     )["params"]
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    params = manager.load_initial_params(path, abstract, jax.tree.map(lambda _: device, abstract))
+    params = initial.load_initial_params(path, abstract, jax.tree.map(lambda _: device, abstract))
     info: dict[str, Any] = {"step": None, "meta": {}}
     step_dir = _checkpoint_step_dir(path)
     if step_dir is not None:

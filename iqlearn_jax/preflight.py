@@ -102,7 +102,7 @@ def check_values(values: Mapping[str, Any]) -> None:
         elif name in VALUE_RULES:
             _check_one(name, value, *VALUE_RULES[name])
     if "initial_checkpoint_format" in values:
-        from iqlearn_jax.checkpoints.manager import INITIAL_CHECKPOINT_FORMATS
+        from iqlearn_jax.checkpoints.initial import INITIAL_CHECKPOINT_FORMATS
 
         known = ["auto", *(name for name, _, _ in INITIAL_CHECKPOINT_FORMATS)]
         if values["initial_checkpoint_format"] not in known:

@@ -45,6 +45,7 @@ import numpy as np
 from absl import flags, logging
 
 from iqlearn_jax import algorithms, optimizers, preemption, preflight, trainer
+from iqlearn_jax.checkpoints import initial as initial_ckpt
 from iqlearn_jax.checkpoints import manager as ckpt_lib
 from iqlearn_jax.data_pipeline import TrainIterator, get_dataset  # noqa: F401 - get_dataset re-exported
 from iqlearn_jax.distributed import (
@@ -246,7 +247,7 @@ def train(
     initial_params = None
     if initial_checkpoint_path and not has_checkpoint:
         try:
-            initial_params = ckpt_lib.load_initial_params(
+            initial_params = initial_ckpt.load_initial_params(
                 initial_checkpoint_path,
                 algorithms.policy_view(algorithm, abstract_state.params),
                 algorithms.policy_view(algorithm, shardings.params),

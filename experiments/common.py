@@ -1,22 +1,25 @@
 """The one training + evaluation recipe shared by the embedded-task experiments (pareto, dataset_size,
 reward_correlation): a tiny T5.1.1 on `synthetic_arithmetic_varied_1step` (GSM8k-shaped word problems whose
 demonstrations are written in several equally correct phrasings), trained in-process with `iqlearn_jax.train.train`
-(gin, exactly as the CLI) and decoded with `iqlearn_jax.evaluate.evaluate`.
+(gin, exactly as the CLI) and decoded with `iqlearn_jax.evaluate.evaluate`. Objectives are compared as in the
+paper, by fine-tuning ONE shared pretrained model: BASE (MLE, trained on first use) is the initial checkpoint of
+every run made by `finetune()`; the seeds of a setting share it.
 
 Runs are cached: a run directory with a `DONE` marker is not trained again, an evaluation directory with a
 `summary.json` is not evaluated again, so an interrupted experiment resumes where it stopped and the experiments
-share runs with the same specification (the full-data runs of dataset_size.py are those of pareto.py). Work
+share runs with the same specification (e.g. the shared base). Work
 directory: $IQLEARN_EXPERIMENTS_DIR (default /tmp/iqlearn_experiments).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 TASK = "synthetic_arithmetic_varied_1step"
 FEATURE_LENGTHS = {"inputs": 128, "targets": 80}
@@ -115,7 +118,7 @@ class RunSpec:
             ]
         if self.init_from is not None:
             b += [f"train.train.initial_checkpoint_path = '{work_dir() / 'runs' / self.init_from}'"]
-        elif self.objective == "mle_entropy":
+        if self.objective == "mle_entropy":
             b += [f"ENTROPY_BETA = {self.coef}"]
         return b
 
@@ -126,6 +129,48 @@ class RunSpec:
             f'--gin.{b.split(" = ")[0]}="{b.split(" = ", 1)[1]}"'
             for b in self.gin_bindings(pathlib.Path("MODEL_DIR"))
         )
+
+
+# The shared starting point of every fine-tune (the paper's protocol: objectives compared by fine-tuning one
+# pretrained model). Stage 1: MLE from scratch, 500 steps at lr 3e-3; stage 2: MLE continued 600 steps at lr 1e-3
+# (data seed 0 for both). Every objective and every seed of pareto.py / reward_correlation.py starts from BASE; the
+# seeds differ in the data order and the sampling, not in the starting weights.
+BASE_SCRATCH = RunSpec("mle", seed=0)
+BASE = RunSpec(
+    "mle",
+    seed=0,
+    train_steps=600,
+    init_from=BASE_SCRATCH.name,
+    learning_rate=1e-3,
+    warmup_steps=10,
+    eval_period=100,
+    checkpoint_period=100,
+)
+BASES = {BASE_SCRATCH.name: BASE_SCRATCH, BASE.name: BASE}
+FINETUNE_STEPS = 200
+
+
+def finetune(
+    objective: str,
+    coef: float,
+    seed: int,
+    online_alpha: float | None = None,
+    steps: int = FINETUNE_STEPS,
+) -> RunSpec:
+    """One fine-tune from BASE: `steps` steps at lr 1e-3 (10 warm-up steps, no λ warm-up), same for every objective."""
+    return RunSpec(
+        objective,
+        coef,
+        seed=seed,
+        train_steps=steps,
+        init_from=BASE.name,
+        learning_rate=1e-3,
+        warmup_steps=10,
+        lam_warmup_steps=0,
+        online_alpha=online_alpha,
+        checkpoint_period=steps,
+        eval_period=max(steps // 2, 1),
+    )
 
 
 def ensure_task(spec: RunSpec) -> str:
@@ -158,6 +203,8 @@ def train_run(spec: RunSpec, log=print) -> pathlib.Path:
     _wait_for_other_process(model_dir)
     if (model_dir / "DONE").exists():
         return model_dir
+    if spec.init_from in BASES:  # the shared base runs are trained on first use
+        train_run(BASES[spec.init_from], log)
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "LOCK").write_text(str(os.getpid()))
     ensure_task(spec)
@@ -365,3 +412,53 @@ def timing_note(seconds: float | None) -> str:
     if seconds is None:
         return "results collected from the cached runs; training and evaluation times in each run's DONE file"
     return f"this invocation: {seconds / 60:.0f} min"
+
+
+def publish(experiment: str, results: dict, markdown: str, out: pathlib.Path) -> None:
+    """Writes `<experiment>.{json,md}` and the experiment's figures (iqlearn_jax.experiment_report) into `out`."""
+    from iqlearn_jax import experiment_report
+
+    write_json(out / f"{experiment}.json", results)
+    (out / f"{experiment}.md").write_text(markdown)
+    try:
+        experiment_report.plot_experiment(results, out)
+    except Exception as e:  # noqa: BLE001 - figures can be redrawn later by iqlearn_jax.report
+        print(f"[{experiment}] plotting failed ({e!r}); results are saved", flush=True)
+
+
+def experiment_main(
+    experiment: str,
+    doc: str,
+    argv: list[str] | None,
+    plan: Callable[[bool], list[RunSpec]],
+    work: Callable[[RunSpec, bool], object],
+    collect: Callable[[bool], dict],
+    markdown: Callable[[dict, float | None], str],
+) -> int:
+    """The command line shared by the embedded-task scripts: --smoke, --collect_only, --out_dir; runs every spec of
+    plan(smoke) through work(spec, smoke) (cached, shared with other experiment processes) and rewrites the results
+    from collect(smoke) after each."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--collect_only",
+        action="store_true",
+        help="only rewrite the results from the finished runs",
+    )
+    parser.add_argument("--out_dir", default=str(RESULTS_DIR))
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out_dir)
+    t0 = time.time()
+
+    def after_each(spec: RunSpec | None) -> None:
+        results = collect(args.smoke)
+        results["seconds"] = None if args.collect_only else time.time() - t0
+        publish(experiment, results, markdown(results, results["seconds"]), out)
+        done = spec.name if spec else "collect"
+        print(f"[{experiment}] {done} done; {time.time() - t0:.0f} s so far", flush=True)
+
+    if args.collect_only:
+        after_each(None)
+        return 0
+    run_queue(plan(args.smoke), lambda spec: work(spec, args.smoke), after_each)
+    return 0

@@ -1,43 +1,43 @@
 r"""Dataset-size ablation with learning curves: does IQLearn resist the overfitting of MLE on small subsets?
 
-    python experiments/dataset_size.py           # 2 small sizes x {MLE, IQLearn} x 3 seeds + the full-data runs
-                                                 # of pareto.py (~12 CPU-min; ~40 min on 2 heavily shared cores)
+    python experiments/dataset_size.py           # 3 sizes x {MLE, IQLearn} x 3 seeds (needs pareto.py's base);
+                                                 # size 64 (6 runs) measured 15 min on 2 shared CPU cores
+                                                 # (load 5-7); sizes 512 and full IQLearn were not run yet
     python experiments/dataset_size.py --smoke   # seconds-to-a-minute check of the whole path (the test suite)
     python -m iqlearn_jax.report experiments/results --output_dir=experiments/results   # redraws the figure
 
 Reproduces: paper Figures 6–7 (GSM8k subsets; learning curves on XSUM subsets: "the smallest subsets demonstrate
 strong overfitting for pure MLE which the TD regularization in IQLearn mitigates").
 
-Setting: the pareto.py recipe (experiments/common.py: tiny T5.1.1, 500 steps, batch 16, `synthetic_arithmetic_
-varied_1step`) with the train split cut to its first 64 or 512 examples (125 and 16 epochs) and the full generated
-split (100k examples, < 1 epoch; these runs are pareto.py's). MLE against offline IQLearn λ = 0.5, 3 seeds each.
-Learning curves: validation negative log-likelihood per token (the MLE term, comparable across objectives) and
-teacher-forced token accuracy (4 batches of 16 validation examples, every
-50 steps, from the trainer's metrics.jsonl); answer accuracy of greedy decoding with the calculator on 32
-validation prompts at the end of training. Mean ± standard error over seeds. CPU only.
+Setting: as the paper, fine-tuning a pretrained model on subsets: the shared MLE base of pareto.py
+(experiments/common.py BASE: tiny T5.1.1 trained with MLE on the full generated split of `synthetic_arithmetic_
+varied_1step`) fine-tuned for 200 steps (batch 16, lr 1e-3) on the train split cut to its first 64 or 512 examples
+(50 and 6.25 epochs) or on the full split (100k examples, < 1 epoch). MLE against offline IQLearn λ = 0.5 (no λ
+warm-up), 3 seeds each (sharing the base). Learning curves: validation negative log-likelihood per token (the MLE
+term, comparable across objectives) and teacher-forced token accuracy (4 batches of 16 validation examples, every 25
+steps, from the trainer's metrics.jsonl); answer accuracy of greedy decoding with the calculator on 32 validation
+prompts at the end of training. Mean ± standard error over seeds. CPU only.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-# Run in this order; None = the full train split (runs shared with pareto.py).
-SIZES = (64, None, 512)
+# Run in this order (smallest first: partial results are the most informative); None = the full train split.
+SIZES = (64, 512, None)
 METHODS = (("mle", 0.0), ("iqlearn", 0.5))
 SEEDS = (0, 1, 2)
-# Subsets: 300 steps (75 epochs of 64 examples); full-data runs: pareto.py's 500 steps.
-SMALL_STEPS = 300
+STEPS = 200  # 50 epochs of 64 examples
 
 
 def specs(smoke: bool) -> list[common.RunSpec]:
-    """Smallest size first (all seeds), so partial results are the most informative ones."""
+    """Fine-tunes of the shared base, smallest size first (all seeds)."""
     if smoke:  # pareto.py --smoke's run (the train_size option is unit-tested)
         return [
             common.RunSpec(
@@ -45,7 +45,7 @@ def specs(smoke: bool) -> list[common.RunSpec]:
             )
         ]
     return [
-        common.RunSpec(o, c, seed=s, train_size=n, train_steps=SMALL_STEPS if n else 500)
+        dataclasses.replace(common.finetune(o, c, s, steps=STEPS), train_size=n, eval_period=25)
         for n in SIZES
         for s in SEEDS
         for o, c in METHODS
@@ -53,18 +53,15 @@ def specs(smoke: bool) -> list[common.RunSpec]:
 
 
 def final_accuracy_dir(spec: common.RunSpec) -> pathlib.Path:
-    """Where the end-of-training greedy+calculator evaluation lives (pareto.py's for full-data runs)."""
+    """Where the end-of-training greedy+calculator evaluation lives (pareto.py's, same decoding, when the run is
+    one of pareto.py's: the full-data MLE fine-tunes)."""
     run = common.work_dir() / "runs" / spec.name
-    return run / ("eval_pareto" if spec.train_size is None else "eval_final")
+    shared = run / "eval_pareto" / "greedy_calc" / "metrics.json"
+    return run / "eval_pareto" if shared.exists() else run / "eval_final"
 
 
 def run_one(spec: common.RunSpec, smoke: bool) -> None:
     model_dir = common.train_run(spec)
-    if spec.train_size is None:
-        import pareto
-
-        pareto.run_and_evaluate(spec, smoke)
-        return
     common.evaluate_run(
         spec,
         model_dir,
@@ -75,9 +72,10 @@ def run_one(spec: common.RunSpec, smoke: bool) -> None:
     )
 
 
-def collect(all_specs: list[common.RunSpec], smoke: bool) -> dict:
+def collect(smoke: bool) -> dict:
     from iqlearn_jax.report import mean_se
 
+    all_specs = specs(smoke)
     groups: dict[tuple, dict] = {}
     for spec in all_specs:
         run = common.work_dir() / "runs" / spec.name
@@ -150,10 +148,12 @@ def markdown(results: dict, seconds: float) -> str:
         "# Dataset-size ablation (paper Figures 6–7)",
         "",
         f"Command: `python experiments/dataset_size.py` ({common.timing_note(seconds)} on the 2-core CPU "
-        "machine shared with other work, plus the full-data runs of pareto.py; CPU only). Task `"
+        "machine shared with other work; CPU only). Task `"
         + results["task"]
-        + f"` (train split cut to its first N examples), tiny T5.1.1, {results['train_steps']} steps of batch "
-        f"{results['batch_size']}. Figure: [dataset_size.png](dataset_size.png). Data: "
+        + "` (train split cut to its first N examples); every run fine-tunes the ONE shared MLE base model of "
+        f"pareto.py (tiny T5.1.1; experiments/common.py BASE; the seeds share it) for {results['train_steps']} "
+        f"steps of batch {results['batch_size']} (lr 1e-3); IQLearn without λ warm-up; validation curves from "
+        "the trainer (4 batches of 16 examples). Figure: [dataset_size.png](dataset_size.png). Data: "
         "[dataset_size.json](dataset_size.json). Mean ± SE over seeds.",
         "",
         "| train examples | objective | seeds | final answer accuracy % (greedy + calculator) | best val loss "
@@ -173,44 +173,26 @@ def markdown(results: dict, seconds: float) -> str:
             f"{last['val_loss']['se']:.3f} | {last['val_token_accuracy']['mean']:.1f} ± "
             f"{last['val_token_accuracy']['se']:.1f} |"
         )
+    if not results["smoke"]:
+        lines += ["", _not_run_note(results["rows"])]
     lines.append("")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument(
-        "--collect_only",
-        action="store_true",
-        help="only rewrite the results from the finished runs",
+def _not_run_note(rows: list[dict]) -> str:
+    """Which size x objective settings have no run yet, and where the full-data MLE runs come from."""
+    have = {(r["train_size"], r["objective"]) for r in rows}
+    missing = [
+        f"{'full' if n is None else n} {o}" for n in SIZES for o, _ in METHODS if (n, o) not in have
+    ]
+    note = "Not run yet: " + (", ".join(missing) if missing else "none") + ". "
+    return note + (
+        "The full-data MLE runs are pareto.py's MLE fine-tunes (same recipe; validation every 100 steps)."
     )
-    parser.add_argument("--out_dir", default=str(common.RESULTS_DIR))
-    args = parser.parse_args(argv)
-    out = pathlib.Path(args.out_dir)
-    all_specs = specs(args.smoke)
-    t0 = time.time()
-    from iqlearn_jax import experiment_report
 
-    def after_each(spec: common.RunSpec | None) -> None:
-        results = collect(all_specs, args.smoke)
-        results["seconds"] = None if args.collect_only else time.time() - t0
-        common.write_json(out / "dataset_size.json", results)
-        (out / "dataset_size.md").write_text(markdown(results, results["seconds"]))
-        try:
-            experiment_report.plot_experiment(results, out)
-        except Exception as e:  # noqa: BLE001 - figures can be redrawn later by iqlearn_jax.report
-            print(f"[dataset_size] plotting failed ({e!r}); results are saved", flush=True)
-        print(
-            f"[dataset_size] {spec.name if spec else 'collect'} done; {time.time() - t0:.0f} s so far",
-            flush=True,
-        )
 
-    if args.collect_only:
-        after_each(None)
-        return 0
-    common.run_queue(all_specs, lambda spec: run_one(spec, args.smoke), after_each)
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return common.experiment_main("dataset_size", __doc__, argv, specs, run_one, collect, markdown)
 
 
 if __name__ == "__main__":

@@ -330,6 +330,7 @@ def plot_reward_correlation(results: dict, out_dir: pathlib.Path) -> list[pathli
             (r["lam"], next(iter(r["settings"].values()))["spearman_reward"])
             for r in rows
             if r["part"] == "finetune"
+            and r["objective"] != "mle_entropy"
             and ((r["online_alpha"] is not None) == online or r["objective"] == "mle")
         )
         if pts:

@@ -166,14 +166,19 @@ def test_embedded_grid_fine_tunes_one_shared_base(monkeypatch):
     assert {s.init_from for s in grid} == {common.BASE.name}
     assert {(s.train_steps, s.learning_rate, s.batch_size) for s in grid} == {(200, 1e-3, 16)}
     assert len({s.name for s in grid}) == len(grid)  # no two settings share a cache directory
-    assert common.BASE.init_from == common.BASE_SCRATCH.name and common.BASE_SCRATCH.init_from is None
+    assert (
+        common.BASE.init_from == common.BASE_SCRATCH.name and common.BASE_SCRATCH.init_from is None
+    )
     assert set(common.BASES) == {common.BASE.name, common.BASE_SCRATCH.name}
     assert {s.init_from for s in _load("dataset_size").specs(False)} == {common.BASE.name}
     assert [s.name for s in _load("reward_correlation").plan(False)] == [s.name for s in grid]
     entropy = next(s for s in grid if s.objective == "mle_entropy")
     bindings = entropy.gin_bindings(pathlib.Path("/m"))
     assert "ENTROPY_BETA = 0.1" in bindings  # bound also for fine-tunes (it was not, before)
-    assert any(b.startswith("train.train.initial_checkpoint_path") and common.BASE.name in b for b in bindings)
+    assert any(
+        b.startswith("train.train.initial_checkpoint_path") and common.BASE.name in b
+        for b in bindings
+    )
 
 
 @pytest.mark.slow

@@ -505,4 +505,6 @@ def console_main() -> int:
     from iqlearn_jax.gin_utils import run_cli
 
     logging.set_verbosity(logging.WARNING)
-    return run_cli(main, quiet_tpu=False)  # configure_libtpu_env sets the TPU variables for the topology
+    return run_cli(
+        main, quiet_tpu=False
+    )  # configure_libtpu_env sets the TPU variables for the topology

@@ -231,7 +231,9 @@ def _make_statistics_fn(num_chunks, cols, vocab, valid, vocab_axis, scale, strid
         return index, index < valid
 
     def chunked_weight(hidden: Array, weight: Array) -> Array:
-        return _chunked_weight(OutputHead(hidden, weight, vocab_axis, scale), num_chunks, cols, strided)
+        return _chunked_weight(
+            OutputHead(hidden, weight, vocab_axis, scale), num_chunks, cols, strided
+        )
 
     def forward(hidden: Array, weight: Array, targets: Array):
         dtype = jnp.result_type(hidden.dtype, weight.dtype, jnp.float32)
@@ -316,7 +318,9 @@ def _make_statistics_fn(num_chunks, cols, vocab, valid, vocab_axis, scale, strid
 
         init = (jnp.zeros(h.shape, dtype), jnp.zeros(w3.shape, dtype))
         (dh, dw3), _ = lax.scan(body, init, jnp.arange(num_chunks))
-        if vocab_axis == 1:  # [embed, c, n] or [embed, n, c] -> [embed, c·n] (a reshape) -> unpadded
+        if (
+            vocab_axis == 1
+        ):  # [embed, c, n] or [embed, n, c] -> [embed, c·n] (a reshape) -> unpadded
             dw = dw3.reshape(weight.shape[0], cols * num_chunks)[:, :vocab]
         else:  # [c, n, embed] or [n, c, embed] -> [c·n, embed]
             dw = dw3.reshape(cols * num_chunks, weight.shape[1])[:vocab]

@@ -87,7 +87,9 @@ class Objective:
         loss_checks.check_range("lam", self.lam, 0.0, float("inf"))
         loss_checks.check_range("gamma", self.gamma, 0.0, 1.0)
         loss_checks.check_range("beta", self.beta, 0.0, float("inf"))
-        loss_checks.check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False)
+        loss_checks.check_range(
+            "label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False
+        )
         loss_checks.check_range("z_loss", self.z_loss, 0.0, float("inf"))
         loss_checks.check_normalizing_factor(self.loss_normalizing_factor)
         if self.z_loss > 0 and self.lam > 0:

@@ -342,7 +342,11 @@ def test_metrics_jsonl_has_one_record_per_step_after_resume(resumed_over_damage)
     records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
     keys = [(r["step"], r["split"]) for r in records]
     assert len(keys) == len(set(keys)), keys
-    assert sorted(keys) == [(1, "train"), (2, "train"), (3, "train")]  # (2, "validation") was replayed
+    assert sorted(keys) == [
+        (1, "train"),
+        (2, "train"),
+        (3, "train"),
+    ]  # (2, "validation") was replayed
     by_key = {(r["step"], r["split"]): r for r in records}
     assert by_key[(1, "train")]["time"] == OLD_TIME  # before the restored step: kept
     assert by_key[(2, "train")]["time"] > OLD_TIME  # replayed steps: only this run's records

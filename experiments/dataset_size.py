@@ -1,8 +1,8 @@
 r"""Dataset-size ablation with learning curves: does IQLearn resist the overfitting of MLE on small subsets?
 
-    python experiments/dataset_size.py           # 3 sizes x {MLE, IQLearn} x 3 seeds (needs pareto.py's base);
-                                                 # size 64 (6 runs) measured 15 min on 2 shared CPU cores
-                                                 # (load 5-7); sizes 512 and full IQLearn were not run yet
+    python experiments/dataset_size.py           # 3 sizes x {MLE, IQLearn} x 3 seeds (needs pareto.py's base;
+                                                 # full-data MLE = pareto.py's runs): measured 15 min for size
+                                                 # 64 (load 5-7) + 11 min for the rest (load 2-3), 2 CPU cores
     python experiments/dataset_size.py --smoke   # seconds-to-a-minute check of the whole path (the test suite)
     python -m iqlearn_jax.report experiments/results --output_dir=experiments/results   # redraws the figure
 

@@ -156,16 +156,18 @@ def finetune(
     seed: int,
     online_alpha: float | None = None,
     steps: int = FINETUNE_STEPS,
+    init_from: str | None = None,
 ) -> RunSpec:
-    """One fine-tune from BASE: `steps` steps at lr 1e-3 (10 warm-up steps, no λ warm-up), same for every objective."""
+    """One fine-tune of `init_from` (default BASE): `steps` steps at lr 1e-3 (10 warm-up steps, fewer for tiny
+    smoke runs; no λ warm-up), the same for every objective."""
     return RunSpec(
         objective,
         coef,
         seed=seed,
         train_steps=steps,
-        init_from=BASE.name,
+        init_from=BASE.name if init_from is None else init_from,
         learning_rate=1e-3,
-        warmup_steps=10,
+        warmup_steps=min(10, max(steps // 2, 1)),
         lam_warmup_steps=0,
         online_alpha=online_alpha,
         checkpoint_period=steps,

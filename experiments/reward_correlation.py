@@ -1,5 +1,5 @@
 r"""Reward analysis: Spearman ρ between each sample's summed implicit reward and its task metric (paper Table 2,
-Figure 8), for MLE, MLE + entropy, offline IQLearn and online IQLearn (α = 0.1, λ = 0.1).
+Figure 8), for MLE, MLE + entropy, offline IQLearn (λ = 0.1, 0.5) and online IQLearn (α = 0.1, λ = 0.1, 0.5).
 
     python experiments/reward_correlation.py          # reads pareto.py's runs (trains any that are missing);
                                                       # seconds once pareto.py has run (4 s measured)
@@ -7,7 +7,7 @@ Figure 8), for MLE, MLE + entropy, offline IQLearn and online IQLearn (α = 0.1,
     python -m iqlearn_jax.report experiments/results --output_dir=experiments/results   # redraws the figure
 
 Reproduces: paper Table 2 (online IQLearn α = 0.1: ρ = 0.64 on TLDR ROUGE-1, 0.17 on GSM8k accuracy; MLE −0.05 and
-0.04) and Figure 8 (ρ grows with λ at α = 0.1; here only λ ∈ {0 (MLE), 0.1} were affordable).
+0.04) and Figure 8 (ρ grows with λ at α = 0.1; here λ ∈ {0 (MLE), 0.1, 0.5}, offline and online).
 
 Setting: pareto.py's runs, i.e. 200-step fine-tunes (lr 1e-3) of ONE shared MLE base model (experiments/common.py
 BASE) with MLE, MLE + entropy β = 0.1, offline IQLearn λ = 0.1 and online IQLearn α = 0.1, λ = 0.1 (policy samples
@@ -16,7 +16,9 @@ base). The summed implicit reward Σ_t r_t, r_t = Q(s_t, a_t) − V(s_{t+1}) (γ
 is computed by `iqlearn_jax.evaluate` (teacher forcing of each sample) against the sample's answer correctness (0/1,
 calculator decoding at T = 1, 2 samples for each of 32 validation prompts = 64 samples per run); ρ is computed per
 run (Spearman, average ranks for ties; undefined when all 64 samples are wrong or all right) and averaged over seeds
-(mean ± SE). CPU only; no extra run time beyond pareto.py (it only reads pareto.py's evaluations).
+(mean ± SE). The λ = 0.5 runs (`lambda_sweep`: offline — dataset_size.py's full-data fine-tunes — and online
+α = 0.1, same recipe) extend Figure 8's λ axis. CPU only; beyond pareto.py and dataset_size.py it trains the three
+online λ = 0.5 fine-tunes and decodes the λ = 0.5 runs.
 """
 
 from __future__ import annotations
@@ -30,27 +32,25 @@ import common  # noqa: E402
 import pareto  # noqa: E402
 
 
+def lambda_sweep() -> list[common.RunSpec]:
+    """Figure 8's λ axis beyond pareto.py's λ = 0.1: λ = 0.5 offline (dataset_size.py's full-data runs, same
+    fine-tune recipe) and online at α = 0.1, 3 seeds each."""
+    return [
+        common.finetune("iqlearn", 0.5, s, online_alpha=a)
+        for a in (None, 0.1)
+        for s in pareto.SEEDS
+    ]
+
+
 def plan(smoke: bool) -> list[common.RunSpec]:
-    """pareto.py's fine-tunes; smoke: pareto.py --smoke's tiny run and a 2-step online fine-tune of it."""
+    """pareto.py's fine-tunes and lambda_sweep(); smoke: pareto.py --smoke's tiny run and a 2-step online
+    fine-tune of it."""
     runs = pareto.specs(smoke)
-    if smoke:
-        base = runs[0]
-        runs.append(
-            common.RunSpec(
-                "iqlearn",
-                0.1,
-                seed=0,
-                train_steps=2,
-                init_from=base.name,
-                learning_rate=1e-3,
-                warmup_steps=1,
-                lam_warmup_steps=0,
-                online_alpha=0.1,
-                checkpoint_period=2,
-                eval_period=1,
-            )
-        )
-    return runs
+    if not smoke:
+        return runs + lambda_sweep()
+    return runs + [
+        common.finetune("iqlearn", 0.1, 0, online_alpha=0.1, steps=2, init_from=runs[0].name)
+    ]
 
 
 SETTING = (

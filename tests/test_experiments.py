@@ -171,7 +171,13 @@ def test_embedded_grid_fine_tunes_one_shared_base(monkeypatch):
     )
     assert set(common.BASES) == {common.BASE.name, common.BASE_SCRATCH.name}
     assert {s.init_from for s in _load("dataset_size").specs(False)} == {common.BASE.name}
-    assert [s.name for s in _load("reward_correlation").plan(False)] == [s.name for s in grid]
+    reward = _load("reward_correlation")
+    sweep = reward.lambda_sweep()  # Figure 8's λ = 0.5, offline and online, same recipe as the grid
+    assert [s.name for s in reward.plan(False)] == [s.name for s in grid + sweep]
+    assert {(s.init_from, s.train_steps, s.learning_rate, s.coef) for s in sweep} == {
+        (common.BASE.name, 200, 1e-3, 0.5)
+    }
+    assert sorted(str(s.online_alpha) for s in sweep) == ["0.1"] * 3 + ["None"] * 3
     entropy = next(s for s in grid if s.objective == "mle_entropy")
     bindings = entropy.gin_bindings(pathlib.Path("/m"))
     assert "ENTROPY_BETA = 0.1" in bindings  # bound also for fine-tunes (it was not, before)

@@ -81,6 +81,16 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _print_help() -> None:
+    """`--help`: the module's docstring and this command's flags, exit status 0 (absl's own `--help` exits 1)."""
+    print(__doc__)
+    print("flags:")
+    print(flags.FLAGS.module_help(sys.modules[__name__]))
+
+
 if __name__ == "__main__":
+    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in sys.argv[1:]):
+        _print_help()
+        sys.exit(0)
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import os
 import subprocess
+import sys
 
 import gin
 import pytest
@@ -91,3 +92,23 @@ def test_tpu_vm_script_dry_run_targets_all_workers():
         text=True,
     )
     assert missing.returncode != 0 and "TPU_NAME" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "command, expected_flag",
+    [
+        (["launch/sweep.py"], "--model_dir_root"),
+        (["launch/prepare_data.py"], "--max_examples"),
+        (["-m", "iqlearn_jax.report"], "--output_dir"),
+    ],
+)
+def test_script_help_exits_zero_and_lists_its_flags(command, expected_flag):
+    result = subprocess.run(
+        [sys.executable, *command, "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert expected_flag in result.stdout

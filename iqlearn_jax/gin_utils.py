@@ -157,7 +157,9 @@ def strip_gin_context(e: Exception) -> str:
 
 # ---- console front door ---------------------------------------------------------------------------------------
 _HELP_FLAGS = ("--help", "-h", "--helpshort", "-?", "--helpfull")
-_TPU_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "TPU_HOST_BOUNDS", "TPU_SKIP_MDS_QUERY")
+# Any of these set means a real TPU VM or an explicit choice: leave libtpu's configuration alone. (Not
+# TPU_SKIP_MDS_QUERY: `import jax` itself sets it to 1 on a machine without TPU chips.)
+_TPU_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "TPU_HOST_BOUNDS")
 
 
 def quiet_tpu_probe() -> bool:
@@ -165,8 +167,9 @@ def quiet_tpu_probe() -> bool:
     ("unexpected worker hostname", "could not determine TPU accelerator type") when JAX starts.
 
     Sets TPU_SKIP_MDS_QUERY=1, TPU_WORKER_HOSTNAMES=localhost and TPU_HOST_BOUNDS=1,1,1 — only when no TPU chip is
-    present and none of these variables is set (a real TPU VM, or an explicit setting, is left alone). libtpu then
-    finds no chip quietly and JAX uses the GPU or CPU. Must run before JAX's backends start. Returns True if set.
+    present and neither TPU_WORKER_HOSTNAMES, TPU_ACCELERATOR_TYPE nor TPU_HOST_BOUNDS is set (a real TPU VM, or an
+    explicit setting, is left alone). libtpu then finds no chip quietly and JAX uses the GPU or CPU. Must run
+    before JAX's backends start (after `import jax` is fine). Returns True if set.
     """
     if any(name in os.environ for name in _TPU_ENV):
         return False
@@ -178,9 +181,8 @@ def quiet_tpu_probe() -> bool:
         chips = len(glob.glob("/dev/accel*")) + len(glob.glob("/dev/vfio/[0-9]*"))
     if chips:
         return False
-    os.environ.update(
-        TPU_SKIP_MDS_QUERY="1", TPU_WORKER_HOSTNAMES="localhost", TPU_HOST_BOUNDS="1,1,1"
-    )
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.update(TPU_WORKER_HOSTNAMES="localhost", TPU_HOST_BOUNDS="1,1,1")
     return True
 
 

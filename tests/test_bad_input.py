@@ -396,7 +396,11 @@ def test_no_libtpu_noise_on_a_machine_without_tpu():
         "1"  # else libtpu stays silent while another process holds its lock
     )
     code = "import jax; print(jax.devices()[0].platform)"
-    quiet = "from iqlearn_jax.gin_utils import quiet_tpu_probe; quiet_tpu_probe(); " + code
+    # The CLI's order: the command's module (and so jax, which sets TPU_SKIP_MDS_QUERY) is imported first.
+    quiet = (
+        "import iqlearn_jax.train; from iqlearn_jax.gin_utils import quiet_tpu_probe; "
+        "assert quiet_tpu_probe(); " + code
+    )
     noisy = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )

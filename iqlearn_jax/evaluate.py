@@ -26,6 +26,7 @@ if (
 import dataclasses
 import json
 import math
+import numbers
 import os
 import pathlib
 import sys
@@ -50,6 +51,7 @@ from iqlearn_jax.evaluation_io import (
     training_objective,
     trim_after_eos,
 )
+from iqlearn_jax.gin_utils import strip_gin_context
 from iqlearn_jax.metrics.generations import score_generations
 
 CALCULATOR_MODES = ("auto", "off", "on", "both")
@@ -241,6 +243,45 @@ def make_scorer(model: Any):
 
 
 # ---- the evaluation -------------------------------------------------------------------------------------------
+# argument -> (kind, minimum), as preflight.VALUE_RULES.
+_ARGUMENT_RULES: dict[str, tuple[str, int | None]] = {
+    "checkpoint_path": ("str", None),
+    "task": ("str", None),
+    "split": ("str", None),
+    "output_dir": ("str?", None),
+    "batch_size": ("int", 1),
+    "max_examples": ("int?", 1),
+    "num_samples": ("int", 1),
+    "topk": ("int", 0),
+    "seed": ("int", 0),
+    "self_bleu_sample_size": ("int?", 1),
+    "run_seed": ("int?", 0),
+    "calculator": ("str", None),
+}
+
+
+def _check_arguments(arguments: Mapping[str, Any]) -> None:
+    """Type and range of `evaluate`'s arguments, each named, before anything is read or written."""
+    from iqlearn_jax import preflight
+
+    for name, (kind, minimum) in _ARGUMENT_RULES.items():
+        preflight.check_value(f"evaluate.{name}", arguments[name], kind, minimum)
+    preflight.check_feature_lengths(
+        arguments["task_feature_lengths"], "evaluate.task_feature_lengths"
+    )
+    for name, low, high in (("length_penalty", 0.0, math.inf), ("topp", 0.0, 1.0)):
+        value = arguments[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not low <= value <= high
+        ):
+            raise ValueError(f"evaluate.{name} must be a number in [{low}, {high}], got {value!r}")
+    for name in ("temperatures", "beam_sizes"):
+        if isinstance(arguments[name], str) or not isinstance(arguments[name], Sequence):
+            raise ValueError(f"evaluate.{name} must be a list, got {arguments[name]!r}")
+
+
 @gin.configurable
 def evaluate(
     checkpoint_path: str = gin.REQUIRED,
@@ -286,11 +327,10 @@ def evaluate(
     Returns:
       {"output_dir": str, "settings": {name: metrics dict}}.
     """
+    _check_arguments(locals())
     settings = decoding_settings(
         temperatures, num_samples, beam_sizes, length_penalty, topk, topp, calculator, task
     )
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: expected an integer >= 1")
     if not pathlib.Path(checkpoint_path).exists():
         raise ValueError(f"CHECKPOINT_PATH {checkpoint_path!r} does not exist")
     task_obj, examples = load_examples(task, split, task_feature_lengths, max_examples)
@@ -442,7 +482,7 @@ def main(argv: Sequence[str]) -> int:
         register_tasks()
         evaluate()
     except (train_lib.ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"iqlearn-evaluate: error: {e}", file=sys.stderr)
+        print(f"iqlearn-evaluate: error: {strip_gin_context(e)}", file=sys.stderr)
         return 2
     return 0
 

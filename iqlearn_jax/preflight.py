@@ -56,7 +56,11 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_one(name: str, value: Any, kind: str, minimum: int | None) -> None:
-    where = f"train.{name}"
+    check_value(f"train.{name}", value, kind, minimum)
+
+
+def check_value(where: str, value: Any, kind: str, minimum: int | None = None) -> None:
+    """Refuses `value` unless it is of `kind` (see VALUE_RULES) and >= `minimum`; the message names `where`."""
     if kind.endswith("?"):
         if value is None:
             return
@@ -78,18 +82,19 @@ def _check_one(name: str, value: Any, kind: str, minimum: int | None) -> None:
         raise ConfigError(f"{where} must be True or False, got {value!r} ({type(value).__name__})")
 
 
-def check_feature_lengths(task_feature_lengths: Any) -> dict[str, int]:
+def check_feature_lengths(
+    task_feature_lengths: Any, where: str = "train.task_feature_lengths"
+) -> dict[str, int]:
     """{'inputs': n, 'targets': m} with every length an integer >= 1."""
     if not isinstance(task_feature_lengths, Mapping) or not task_feature_lengths:
         raise ConfigError(
-            "train.task_feature_lengths (TASK_FEATURE_LENGTHS) must be a non-empty dict such as "
+            f"{where} (TASK_FEATURE_LENGTHS) must be a non-empty dict such as "
             f"{{'inputs': 512, 'targets': 128}}, got {task_feature_lengths!r}"
         )
     for key, length in task_feature_lengths.items():
         if not _is_int(length) or length < 1:
             raise ConfigError(
-                f"train.task_feature_lengths[{key!r}] (TASK_FEATURE_LENGTHS) must be an integer >= 1, "
-                f"got {length!r}"
+                f"{where}[{key!r}] (TASK_FEATURE_LENGTHS) must be an integer >= 1, got {length!r}"
             )
     return dict(task_feature_lengths)
 

@@ -359,6 +359,53 @@ def test_initial_checkpoint_not_used_note_once_when_resuming(resumed_over_damage
     assert out.count(f"train.initial_checkpoint_path '{saved_run}' is not used") == 1
 
 
+# ---- iqlearn-evaluate: bad arguments refused by name, the run it reads untouched ------------------------------
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("--gin.EVAL_EXAMPLES=-3", "evaluate.max_examples must be an integer >= 1, got -3"),
+        (
+            "--gin.evaluate.evaluate.batch_size='abc'",
+            "evaluate.batch_size must be an integer >= 1, got 'abc'",
+        ),
+        (
+            "--gin.evaluate.evaluate.topp=1.5",
+            "evaluate.topp must be a number in [0.0, 1.0], got 1.5",
+        ),
+        (
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 80}",
+            "evaluate.task_feature_lengths['inputs']",
+        ),
+        ("--gin.EVAL_SPLIT='nosuch'", "has splits ['train', 'validation', 'test'], not 'nosuch'"),
+        (
+            "--gin.VOCAB_SIZE=512",
+            "token_embedder/embedding: model shape (512, 64), checkpoint shape (384, 64)",
+        ),
+    ],
+)
+def test_evaluate_bad_argument_named_and_run_untouched(run_dir, binding, message, capfd):
+    from iqlearn_jax import evaluate
+
+    before = snapshot(run_dir)
+    capfd.readouterr()
+    reset()
+    args = [
+        "--gin_file=runs/evaluate_quickstart.gin",
+        f"--gin.CHECKPOINT_PATH='{run_dir}'",
+        binding,
+    ]
+    flags.FLAGS(["iqlearn-evaluate", *train_lib.rewrite_gin_args(args)])
+    try:
+        code = evaluate.main(["iqlearn-evaluate"])
+    finally:
+        reset()
+    out = capfd.readouterr()
+    out = out.out + out.err
+    assert code == 2 and "iqlearn-evaluate: error:" in out and message in out, out[-3000:]
+    assert "In call to configurable" not in out
+    assert snapshot(run_dir) == before
+
+
 # ---- the front door -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("module", ["train", "evaluate", "aot"])
 def test_help_exits_zero_and_lists_the_project_flags(module, monkeypatch, capsys):

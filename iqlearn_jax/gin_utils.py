@@ -5,8 +5,10 @@ repository's gin_configs/ on the search path, fail-fast checks of bindings and m
 
 from __future__ import annotations
 
+import difflib
 import glob
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -79,6 +81,30 @@ def _check_macros() -> None:
         raise ConfigError("; ".join(problems) + f" (set it with {hint})")
 
 
+def _check_bound_macros_are_used(gin_bindings: Sequence[str]) -> None:
+    """A macro set by a binding (`--gin.NAME=...`) must be referenced by the run's configuration: a typo such as
+    `--gin.TRAIN_STEP=10` would otherwise be accepted and silently change nothing."""
+    referenced = {
+        macro
+        for bindings in gin.config._CONFIG.values()  # noqa: SLF001
+        for value in bindings.values()
+        for macro in _macro_references(value)
+    }
+    defined = set(macros())
+    for binding in gin_bindings:
+        for line in str(binding).splitlines():
+            match = re.match(r"\s*([A-Za-z_]\w*)\s*=", line)
+            if not match or match.group(1) in referenced:
+                continue
+            name = match.group(1)
+            close = difflib.get_close_matches(name, sorted(defined - {name}), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"--gin.{name}: macro {name} is not used by this run's gin files{hint} "
+                "(--list_macros prints the run's macros)"
+            )
+
+
 def parse_gin(
     gin_files: Sequence[str],
     gin_bindings: Sequence[str],
@@ -107,6 +133,7 @@ def parse_gin(
         raise ConfigError(f"bad gin configuration: {e}") from e
     if check_macros:
         _check_macros()
+        _check_bound_macros_are_used(gin_bindings)
 
 
 def macros() -> dict[str, Any]:

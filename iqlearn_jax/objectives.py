@@ -84,13 +84,13 @@ class Objective:
             raise ValueError(
                 f"Objective.name must be one of {registered_objectives()}, got {self.name!r}"
             )
-        loss_checks.check_range("lam", self.lam, 0.0, float("inf"))
-        loss_checks.check_range("gamma", self.gamma, 0.0, 1.0)
-        loss_checks.check_range("beta", self.beta, 0.0, float("inf"))
+        loss_checks.check_range("Objective.lam (IQLEARN_LAMBDA)", self.lam, 0.0, float("inf"))
+        loss_checks.check_range("Objective.gamma (IQLEARN_GAMMA)", self.gamma, 0.0, 1.0)
+        loss_checks.check_range("Objective.beta (ENTROPY_BETA)", self.beta, 0.0, float("inf"))
         loss_checks.check_range(
-            "label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False
+            "Objective.label_smoothing", self.label_smoothing, 0.0, 1.0, high_inclusive=False
         )
-        loss_checks.check_range("z_loss", self.z_loss, 0.0, float("inf"))
+        loss_checks.check_range("Objective.z_loss", self.z_loss, 0.0, float("inf"))
         loss_checks.check_normalizing_factor(self.loss_normalizing_factor)
         if self.z_loss > 0 and self.lam > 0:
             raise ValueError(

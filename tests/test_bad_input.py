@@ -199,6 +199,19 @@ def test_no_restorable_checkpoint_refuses_a_fresh_start(run_dir, capfd):
             "(the learning rate, LEARNING_RATE) must be a number >= 0, got 'fast'",
         ),
         ("--gin.train.train.eval_split='nosuch'", "cannot read split 'nosuch' of task"),
+        (
+            "--gin.TRAIN_STEP=10",
+            "--gin.TRAIN_STEP: macro TRAIN_STEP is not used by this run's gin files; did you mean "
+            "TRAIN_STEPS?",
+        ),
+        (
+            "--gin.IQLEARN_LAMBDA='abc'",
+            "Objective.lam (IQLEARN_LAMBDA) must be a number, got 'abc'",
+        ),
+        (
+            "--gin.IQLEARN_GAMMA=1.5",
+            "Objective.gamma (IQLEARN_GAMMA) must be in [0.0, 1.0], got 1.5",
+        ),
     ],
 )
 def test_bad_value_named_and_fresh_model_dir_stays_absent(binding, message, tmp_path, capfd):
@@ -270,6 +283,47 @@ def test_initial_checkpoint_that_is_a_text_file(tmp_path, capfd):
         in out
     )
     assert "config.json" in out and "checkpoints/<step>/state" in out and "T5X" in out
+    assert not (tmp_path / "fresh").exists()
+
+
+def _hf_dir_without_weights(folder: pathlib.Path) -> tuple[pathlib.Path, str]:
+    (folder / "config.json").write_text('{"model_type": "t5"}')
+    return folder, "is a directory holding config.json; expected one of:"
+
+
+def _hf_dir_with_broken_weights(folder: pathlib.Path) -> tuple[pathlib.Path, str]:
+    (folder / "config.json").write_text('{"model_type": "t5"}')
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    return folder, "looks like hf (a directory holding config.json and *.safetensors"
+
+
+def _truncated_gguf(folder: pathlib.Path) -> tuple[pathlib.Path, str]:
+    path = folder / "model.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)
+    return (
+        path,
+        "looks like gguf (a .gguf file (llama.cpp; llama architecture)) but could not be read",
+    )
+
+
+@pytest.mark.parametrize(
+    "make", [_hf_dir_without_weights, _hf_dir_with_broken_weights, _truncated_gguf]
+)
+def test_unreadable_initial_checkpoint_is_named(make, tmp_path, capfd):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    path, message = make(folder)
+    model_dir = tmp_path / "fresh" / "run"
+    code, out = cli(
+        [
+            *QUICK,
+            f"--gin.MODEL_DIR='{model_dir}'",
+            f"--gin.train.train.initial_checkpoint_path='{path}'",
+        ],
+        capfd,
+    )
+    assert code == 2 and f"'{path}' {message}" in out, out[-3000:]
+    assert "Traceback" not in out
     assert not (tmp_path / "fresh").exists()
 
 

@@ -31,7 +31,7 @@ def _children(p: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _is_hf(p: pathlib.Path) -> bool:
-    return p.is_dir() and (p / "config.json").is_file()
+    return p.is_dir() and (p / "config.json").is_file() and any(p.glob("*.safetensors"))
 
 
 def _is_orbax(p: pathlib.Path) -> bool:
@@ -163,6 +163,30 @@ def check_params_match(params: Any, abstract_params: Any, source: str) -> None:
         )
 
 
+def _read_params(path: pathlib.Path, fmt: str) -> Any:
+    """The params tree stored at `path` in format `fmt` (one of INITIAL_CHECKPOINT_FORMATS), unchecked."""
+    if fmt == "orbax":
+        restored = ocp.StandardCheckpointer().restore(_orbax_state_dir(path).absolute())
+        params = restored["params"]
+        if isinstance(params, dict) and {"policy", "reference"} <= set(params):
+            params = params["policy"]  # a GAIL run (iqlearn_jax.algorithms): its policy network
+        return params
+    if fmt == "t5x":
+        from iqlearn_jax.checkpoints import import_t5x_checkpoint
+
+        return import_t5x_checkpoint(str(path))
+    if fmt == "hf":
+        from iqlearn_jax.checkpoints import import_hf_decoder, import_hf_t5
+        from iqlearn_jax.checkpoints.hf_decoder import is_hf_decoder_dir
+
+        if is_hf_decoder_dir(str(path)):  # Llama / Mistral / Qwen2 model_type
+            return import_hf_decoder(str(path))[1]
+        return import_hf_t5(str(path))[1]
+    from iqlearn_jax.checkpoints import import_gguf
+
+    return import_gguf(str(path))[1]
+
+
 def load_initial_params(
     path: str | os.PathLike, abstract_params: Any, params_shardings: Any, fmt: str = "auto"
 ) -> Any:
@@ -177,30 +201,20 @@ def load_initial_params(
     """
     path = pathlib.Path(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt == "orbax":
-        restored = ocp.StandardCheckpointer().restore(_orbax_state_dir(path).absolute())
-        params = restored["params"]
-        if isinstance(params, dict) and {"policy", "reference"} <= set(params):
-            params = params["policy"]  # a GAIL run (iqlearn_jax.algorithms): its policy network
-    elif fmt == "t5x":
-        from iqlearn_jax.checkpoints import import_t5x_checkpoint
-
-        params = import_t5x_checkpoint(str(path))
-    elif fmt == "hf":
-        from iqlearn_jax.checkpoints import import_hf_decoder, import_hf_t5
-        from iqlearn_jax.checkpoints.hf_decoder import is_hf_decoder_dir
-
-        if is_hf_decoder_dir(str(path)):  # Llama / Mistral / Qwen2 model_type
-            _, params = import_hf_decoder(str(path))
-        else:
-            _, params = import_hf_t5(str(path))
-    elif fmt == "gguf":
-        from iqlearn_jax.checkpoints import import_gguf
-
-        _, params, _ = import_gguf(str(path))
-    else:
-        known = ["auto", *(name for name, _, _ in INITIAL_CHECKPOINT_FORMATS)]
-        raise ConfigError(f"train.initial_checkpoint_format must be one of {known}, got {fmt!r}")
+    known = {name: what for name, what, _ in INITIAL_CHECKPOINT_FORMATS}
+    if fmt not in known:
+        raise ConfigError(
+            f"train.initial_checkpoint_format must be one of {['auto', *known]}, got {fmt!r}"
+        )
+    try:
+        params = _read_params(path, fmt)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the reader met, the file is the user's input
+        raise CheckpointFormatError(
+            f"initial checkpoint {str(path)!r} looks like {fmt} ({known[fmt]}) but could not be read: "
+            f"{type(e).__name__}: {e}"
+        ) from e
     params = flax.serialization.to_state_dict(params)
     if set(params) == {"params"}:
         params = params["params"]

@@ -187,3 +187,21 @@ def test_preemption_guard_one_process_handles_sigterm_and_restores_the_handler()
     assert signal.getsignal(signal.SIGTERM) is before
     with pytest.raises(ValueError, match="check_period must be >= 1, got 0"):
         PreemptionGuard(check_period=0)
+
+
+def test_checkpoint_saves_leave_jax_preemption_sync_point_to_the_train_loop(tmp_path, monkeypatch):
+    """Orbax asks the sync point with the saved step, also from its finalize thread after the loop moved on; jax
+    keeps the last step asked and reports it at a preemption notice, so process 0 could miss the agreed stop step
+    (reproduced with 2 processes: the process with the stale call never stopped, the other stopped alone)."""
+    import jax.numpy as jnp
+    from jax.experimental import multihost_utils
+
+    from iqlearn_jax.checkpoints.manager import TrainCheckpointManager
+
+    asked: list[int] = []
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", asked.append)
+    manager = TrainCheckpointManager(tmp_path, async_save=True)
+    for step in (1, 2):
+        manager.save({"w": jnp.arange(4.0)}, {"task": "t"}, step=step)
+    manager.close()
+    assert manager.all_steps() == [1, 2] and asked == []

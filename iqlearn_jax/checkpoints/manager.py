@@ -60,6 +60,22 @@ class CheckpointFormatError(ConfigError):
     """`initial_checkpoint_path` is not in any format the detector knows."""
 
 
+class _OrbaxManager(ocp.CheckpointManager):
+    """Orbax's CheckpointManager that never asks jax's preemption sync point.
+
+    Orbax asks `multihost_utils.reached_preemption_sync_point(step)` when saving and, on process 0, again from its
+    save_finalize thread with the step just committed, while the train loop is already further on. jax's sync
+    manager keeps only the last step it was given and reports that one when a preemption notice arrives: process 0
+    then reports a step it has passed, the agreed stop step (largest reported + 1) can be one it has already passed,
+    and the other processes stop and save at it alone (the checkpoint is lost, the job hangs until killed). The
+    train loop (`preemption.PreemptionGuard`) is the only caller; saves are forced, so Orbax uses the answer only
+    for its statistics.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class TrainCheckpointManager:
     """Saves and restores (TrainState, meta) pairs under MODEL_DIR/checkpoints."""
 
@@ -81,7 +97,7 @@ class TrainCheckpointManager:
             enable_async_checkpointing=self._async,
             cleanup_tmp_directories=True,
         )
-        return ocp.CheckpointManager(
+        return _OrbaxManager(
             self.directory, options=options, item_names=("state", "meta", DATA_ITEM)
         )
 

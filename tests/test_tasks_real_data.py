@@ -89,3 +89,30 @@ def test_xsum_validation_and_wmt22_test_pipelines(registered):
     assert [e["targets_pretokenized"].decode() for e in wmt] == ref_a
     for example in xsum[:20] + wmt[:20]:
         _check_features(example)
+
+
+def test_importing_with_byte_vocabulary_registers_every_task_with_bytes(data_dir):
+    """The module T5X imports through MIXTURE_OR_TASK_MODULE (a fresh interpreter: it changes the registry)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import seqio, iqlearn_jax.tasks.with_byte_vocabulary as m\n"
+        "for name in ('gsm8k', 'xsum', 'tldr', 'wmt22_en_de'):\n"
+        "    assert name in m.REGISTERED_TASKS, name\n"
+        "    task = seqio.get_mixture_or_task(name)\n"
+        "    for feature in task.output_features.values():\n"
+        "        assert isinstance(feature.vocabulary, seqio.ByteVocabulary), (name, feature)\n"
+        "ds = seqio.get_mixture_or_task('gsm8k').get_dataset(\n"
+        "    {'inputs': 64, 'targets': 64}, split='test', shuffle=False)\n"
+        "first = next(ds.as_numpy_iterator())\n"
+        "print(bytes(int(t) - 3 for t in first['inputs'][:40]).decode(errors='ignore'))\n"
+    )
+    env = dict(os.environ, IQLEARN_DATA_DIR=str(data_dir))
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    first_question = json.loads((data_dir / "gsm8k" / "test.jsonl").open().readline())["question"]
+    assert first_question[:10] in result.stdout

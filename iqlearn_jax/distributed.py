@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
+import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -214,6 +216,38 @@ def plan_from_env(
     return LaunchPlan("single", None, "no multi-process launch detected")
 
 
+# jax.distributed.initialize's own default `initialization_timeout`.
+COORDINATOR_WAIT_S = 300
+
+
+def wait_for_coordinator(address: str, timeout_s: float = COORDINATOR_WAIT_S) -> None:
+    """Returns once something accepts TCP connections at `address` (HOST:PORT of process 0's coordinator).
+
+    Called on processes other than 0 before `jax.distributed.initialize`, which would retry for as long and then
+    abort the process (SIGABRT, blaming 'another task'): a wrong host or port is named here instead.
+
+    Raises:
+      ConfigError: nothing accepted a connection within `timeout_s` seconds, naming JAX_COORDINATOR_ADDRESS.
+    """
+    host, _, port = address.rpartition(":")
+    start, next_warning = time.monotonic(), 0.0
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                return
+        except OSError as e:
+            waited = time.monotonic() - start
+            if waited >= timeout_s:
+                raise ConfigError(
+                    f"{COORDINATOR}={address!r}: nothing accepted a connection there within {timeout_s:.0f} s "
+                    f"({e}): is process 0 running, and are its host and port right?"
+                ) from None
+            if waited >= next_warning:
+                next_warning += 30
+                logging.warning("waiting for process 0's coordinator at %s=%s (%s)", COORDINATOR, address, e)
+        time.sleep(1.0)
+
+
 def maybe_initialize_distributed(force: bool | None = None) -> LaunchPlan:
     """Initialises `jax.distributed` when this process is one of several (see the module docstring).
 
@@ -234,6 +268,9 @@ def maybe_initialize_distributed(force: bool | None = None) -> LaunchPlan:
     plan = plan_from_env(env)
     if plan.initialize_kwargs is None or jax.distributed.is_initialized():
         return plan
+    address = plan.initialize_kwargs.get("coordinator_address")
+    if address and plan.initialize_kwargs.get("process_id", 0) != 0:
+        wait_for_coordinator(address)
     try:
         jax.distributed.initialize(**plan.initialize_kwargs)
     except ValueError as e:  # jax could not complete the settings (forced start outside a cluster)

@@ -205,3 +205,17 @@ def test_checkpoint_saves_leave_jax_preemption_sync_point_to_the_train_loop(tmp_
         manager.save({"w": jnp.arange(4.0)}, {"task": "t"}, step=step)
     manager.close()
     assert manager.all_steps() == [1, 2] and asked == []
+
+
+def test_an_unreachable_coordinator_is_named():
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        distributed.wait_for_coordinator(f"127.0.0.1:{listening.getsockname()[1]}", timeout_s=5)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"JAX_COORDINATOR_ADDRESS='127.0.0.1:{closed}': nothing accepted"):
+        distributed.wait_for_coordinator(f"127.0.0.1:{closed}", timeout_s=0.5)

@@ -42,13 +42,14 @@ def reset() -> None:
     flags.FLAGS.unparse_flags()
 
 
-def cli(args, capfd) -> tuple[int, str]:
-    """(exit status, stdout + stderr) of `iqlearn-train ARGS`, run in-process."""
+def cli(args, capfd, main=None, prog: str = "iqlearn-train") -> tuple[int, str]:
+    """(exit status, stdout + stderr) of `PROG ARGS` (default `iqlearn-train`), run in-process by `main`."""
+    main = main or train_lib.main
     capfd.readouterr()
     reset()
-    flags.FLAGS(["iqlearn-train", *train_lib.rewrite_gin_args(args)])
+    flags.FLAGS([prog, *train_lib.rewrite_gin_args(args)])
     try:
-        code = train_lib.main(["iqlearn-train"])
+        code = main([prog])
     finally:
         reset()
     out = capfd.readouterr()
@@ -441,20 +442,12 @@ def test_evaluate_bad_argument_named_and_run_untouched(run_dir, binding, message
     from iqlearn_jax import evaluate
 
     before = snapshot(run_dir)
-    capfd.readouterr()
-    reset()
     args = [
         "--gin_file=runs/evaluate_quickstart.gin",
         f"--gin.CHECKPOINT_PATH='{run_dir}'",
         binding,
     ]
-    flags.FLAGS(["iqlearn-evaluate", *train_lib.rewrite_gin_args(args)])
-    try:
-        code = evaluate.main(["iqlearn-evaluate"])
-    finally:
-        reset()
-    out = capfd.readouterr()
-    out = out.out + out.err
+    code, out = cli(args, capfd, main=evaluate.main, prog="iqlearn-evaluate")
     assert code == 2 and "iqlearn-evaluate: error:" in out and message in out, out[-3000:]
     assert "In call to configurable" not in out
     assert snapshot(run_dir) == before

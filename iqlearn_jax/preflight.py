@@ -151,12 +151,35 @@ def check_vocabulary(task_name: str, model: Any) -> None:
             )
 
 
+# What a run writes inside MODEL_DIR: name -> whether it is a directory.
+RUN_LAYOUT = {
+    "checkpoints": True,
+    "checkpoints_damaged": True,
+    "tensorboard": True,
+    "metrics.jsonl": False,
+    "config.gin": False,
+}
+
+
+def _check_run_layout(path: pathlib.Path) -> None:
+    """Refuses a MODEL_DIR where something the run writes (RUN_LAYOUT) exists as the wrong kind of entry."""
+    for name, is_dir in RUN_LAYOUT.items():
+        entry = path / name
+        if entry.exists() and entry.is_dir() != is_dir:
+            expected = "a directory" if is_dir else "a file"
+            raise ConfigError(
+                f"MODEL_DIR {str(path)!r} holds {name!r}, which is not {expected} as a run writes it: "
+                "is this the MODEL_DIR of a run?"
+            )
+
+
 def check_model_dir(model_dir: str) -> pathlib.Path:
     """Absolute MODEL_DIR path, refused when it cannot be written; an absent MODEL_DIR is NOT created here."""
     path = pathlib.Path(model_dir).expanduser().absolute()
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"MODEL_DIR {str(path)!r} exists and is not a directory")
+        _check_run_layout(path)
         try:
             probe = path / f".write_probe_{uuid.uuid4().hex}"
             probe.write_text("ok")

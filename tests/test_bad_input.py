@@ -158,6 +158,13 @@ def _damage(step_dir: pathlib.Path) -> None:
         p.write_bytes(p.read_bytes()[:10])
 
 
+def test_model_dir_whose_checkpoints_entry_is_a_file_is_refused(run_dir, capfd):
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "checkpoints").write_text("not a folder\n")
+    out = refused_resume(run_dir, capfd)
+    assert "holds 'checkpoints', which is not a directory as a run writes it" in out
+
+
 def test_no_restorable_checkpoint_refuses_a_fresh_start(run_dir, capfd):
     for step in (1, 2):
         _damage(run_dir / "checkpoints" / str(step))

@@ -29,6 +29,7 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import CPU_COLLECTIVE_TIMEOUT_FLAG
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DRIVER = REPO / "tests" / "multiprocess_driver.py"
@@ -69,7 +70,7 @@ def base_env(devices: int, cache: pathlib.Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {CPU_COLLECTIVE_TIMEOUT_FLAG}",
         PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
         JAX_COMPILATION_CACHE_DIR=str(cache),  # later launches reuse the compiled steps
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -55,18 +55,21 @@ def run_to_end(args: list[str], cache: pathlib.Path) -> subprocess.CompletedProc
 
 
 def kill_after(args: list[str], marker: str, cache: pathlib.Path) -> None:
-    proc = subprocess.Popen(
-        args, cwd=REPO, env=env(cache), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    seen, deadline = [], time.time() + 1500
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-        assert time.time() < deadline, "".join(seen)
-    proc.communicate(timeout=300)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    err_path = cache.parent / f"stderr-{time.time_ns()}.log"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            args, cwd=REPO, env=env(cache), stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        seen, deadline = [], time.time() + 1500
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+            assert time.time() < deadline, "".join(seen)
+        proc.communicate(timeout=300)
+    stderr_tail = err_path.read_text()[-4000:]
+    assert proc.returncode == -signal.SIGKILL, "".join(seen) + "\nstderr:\n" + stderr_tail
 
 
 def state_at(model_dir: pathlib.Path, step: int = TRAIN_STEPS) -> dict:

@@ -20,6 +20,9 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+METRICS_FILE = "metrics.jsonl"  # in MODEL_DIR: one JSON record per (step, split)
+TENSORBOARD_SUBDIR = "tensorboard"
+
 
 class NonFiniteLossError(FloatingPointError):
     """A NaN/Inf loss or gradient norm: training stops, that state is never checkpointed."""
@@ -33,11 +36,11 @@ class MetricsLogger:
         from clu import metric_writers
 
         self.enabled = jax.process_index() == 0
-        self.jsonl = model_dir / "metrics.jsonl"
+        self.jsonl = model_dir / METRICS_FILE
         self._written: set[tuple[int, str]] = set()
         if self.enabled:
             self._written = _truncate_records(self.jsonl, resume_step)
-        self.tb_dir = model_dir / "tensorboard"
+        self.tb_dir = model_dir / TENSORBOARD_SUBDIR
         self.writers = {
             split: metric_writers.create_default_writer(
                 str(self.tb_dir / split), just_logging=not self.enabled, asynchronous=False

@@ -151,19 +151,23 @@ def check_vocabulary(task_name: str, model: Any) -> None:
             )
 
 
-# What a run writes inside MODEL_DIR: name -> whether it is a directory.
-RUN_LAYOUT = {
-    "checkpoints": True,
-    "checkpoints_damaged": True,
-    "tensorboard": True,
-    "metrics.jsonl": False,
-    "config.gin": False,
-}
+def _run_layout() -> dict[str, bool]:
+    """What a run writes inside MODEL_DIR, from the modules that write it: name -> whether it is a directory."""
+    from iqlearn_jax.checkpoints.manager import CHECKPOINTS_SUBDIR, DAMAGED_SUBDIR
+    from iqlearn_jax.observability import METRICS_FILE, TENSORBOARD_SUBDIR
+
+    return {
+        CHECKPOINTS_SUBDIR: True,
+        DAMAGED_SUBDIR: True,
+        TENSORBOARD_SUBDIR: True,
+        METRICS_FILE: False,
+        "config.gin": False,
+    }
 
 
 def _check_run_layout(path: pathlib.Path) -> None:
-    """Refuses a MODEL_DIR where something the run writes (RUN_LAYOUT) exists as the wrong kind of entry."""
-    for name, is_dir in RUN_LAYOUT.items():
+    """Refuses a MODEL_DIR where something the run writes exists as the wrong kind of entry."""
+    for name, is_dir in _run_layout().items():
         entry = path / name
         if entry.exists() and entry.is_dir() != is_dir:
             expected = "a directory" if is_dir else "a file"
